@@ -1,0 +1,342 @@
+"""The connection a borrower holds: a thin, checked view of an asyncpg connection.
+
+Methods are explicit pass-throughs (no per-call ``__getattr__``, no extra
+coroutine frame): each checks that the lease is still live, notes whether the
+statement may leave session state behind (see ``_tracking``), and returns
+asyncpg's own awaitable. After release every method raises
+:class:`ConnectionReleasedError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConnectionReleasedError
+from ._tracking import _cache as _verdicts
+from ._tracking import may_leave_session_state
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+    from ._slots import _Slot
+
+__all__ = ("PooledConnection",)
+
+logger = logging.getLogger("asyncpool")
+
+_Coro = Coroutine[Any, Any, Any]
+
+
+class PooledConnection:
+    """A connection lent by an asyncpool :class:`Pool`; behaves like ``asyncpg.Connection``.
+
+    Use it only between acquire and release. Statements that may change session
+    state are noticed so that release can reset exactly when needed.
+    """
+
+    __slots__ = ("__weakref__", "_con", "_lease", "_pool", "_slot")
+
+    __module__ = "asyncpool"
+
+    def __init__(self, pool: Pool, slot: _Slot) -> None:
+        self._pool = pool
+        self._slot: _Slot | None = slot
+        self._con: Any = slot.conn
+        self._lease = slot.lease
+
+    # -- lease bookkeeping -------------------------------------------------
+
+    def _released(self, what: str) -> ConnectionReleasedError:
+        return ConnectionReleasedError(
+            f"cannot call {what}(): this connection was released back to the asyncpool pool "
+            f"{self._pool.name!r} and may now belong to another borrower; acquire a new one "
+            "(keep its use inside `async with pool.acquire() as conn:`)"
+        )
+
+    def _live(self, what: str) -> Any:
+        con = self._con
+        if con is None:
+            raise self._released(what)
+        return con
+
+    def _note(self, query: str) -> Any:
+        con = self._con
+        if con is None:
+            raise self._released("a query method")
+        verdict = _verdicts.get(query)
+        if verdict is None:
+            verdict = may_leave_session_state(query)
+        if verdict:
+            self._slot.dirty = True  # type: ignore[union-attr]
+        return con
+
+    def _detach(self) -> None:
+        self._con = None
+        self._slot = None
+
+    def __del__(self) -> None:
+        slot = self._slot
+        if slot is not None:
+            # Dropped without release: hand the slot back on the pool's loop.
+            self._pool._reclaim_later(slot, self._lease)
+
+    def mark_dirty(self) -> None:
+        """Tell the pool this borrower changed session state it could not see.
+
+        The connection then gets a full reset on release (``reset="auto"``).
+        """
+        self._live("mark_dirty")
+        self._slot.dirty = True  # type: ignore[union-attr]
+
+    @property
+    def raw_connection(self) -> Any:
+        """The underlying ``asyncpg.Connection`` (escape hatch; the pool no longer
+        tracks what you do with it, so call :meth:`mark_dirty` if you change state).
+        """
+        return self._live("raw_connection")
+
+    @property
+    def is_released(self) -> bool:
+        """True once this connection has been released back to the pool."""
+        return self._con is None
+
+    def __repr__(self) -> str:
+        if self._con is None:
+            return f"<PooledConnection released from {self._pool.name!r}>"
+        return f"<PooledConnection {self._con!r} from {self._pool.name!r}>"
+
+    # -- queries (asyncpg signatures) ----------------------------------------
+
+    def execute(self, query: str, *args: Any, timeout: float | None = None) -> _Coro:
+        """Run a command (or several, without arguments); return the status string."""
+        return self._note(query).execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+
+    def executemany(
+        self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
+    ) -> _Coro:
+        """Run a command once per argument sequence."""
+        return self._note(command).executemany(command, args, timeout=timeout)  # type: ignore[no-any-return]
+
+    def fetch(
+        self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
+    ) -> _Coro:
+        """Run a query and return all rows as a list of records."""
+        return self._note(query).fetch(  # type: ignore[no-any-return]
+            query, *args, timeout=timeout, record_class=record_class
+        )
+
+    def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
+    ) -> _Coro:
+        """Run a query and return the first row, or None."""
+        return self._note(query).fetchrow(  # type: ignore[no-any-return]
+            query, *args, timeout=timeout, record_class=record_class
+        )
+
+    def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> _Coro:
+        """Run a query and return one value of the first row, or None."""
+        return self._note(query).fetchval(  # type: ignore[no-any-return]
+            query, *args, column=column, timeout=timeout
+        )
+
+    def fetchmany(
+        self,
+        query: str,
+        args: Iterable[Sequence[Any]],
+        *,
+        timeout: float | None = None,
+        record_class: Any = None,
+    ) -> _Coro:
+        """Run a query once per argument sequence and return all rows."""
+        return self._note(query).fetchmany(  # type: ignore[no-any-return]
+            query, args, timeout=timeout, record_class=record_class
+        )
+
+    def prepare(
+        self,
+        query: str,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        record_class: Any = None,
+    ) -> _Coro:
+        """Create a prepared statement (valid only while you hold this connection)."""
+        return self._note(query).prepare(  # type: ignore[no-any-return]
+            query, name=name, timeout=timeout, record_class=record_class
+        )
+
+    def cursor(
+        self,
+        query: str,
+        *args: Any,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        record_class: Any = None,
+    ) -> Any:
+        """Return a cursor factory (use inside a transaction)."""
+        return self._note(query).cursor(
+            query, *args, prefetch=prefetch, timeout=timeout, record_class=record_class
+        )
+
+    def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
+    ) -> Any:
+        """Return an asyncpg transaction object (``async with conn.transaction():``)."""
+        return self._live("transaction").transaction(
+            isolation=isolation, readonly=readonly, deferrable=deferrable
+        )
+
+    def is_in_transaction(self) -> bool:
+        """True while a transaction is open on this connection."""
+        return bool(self._live("is_in_transaction").is_in_transaction())
+
+    # -- COPY ------------------------------------------------------------------
+
+    def copy_from_table(
+        self,
+        table_name: str,
+        *,
+        output: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> _Coro:
+        """Copy a table's contents to ``output`` (file, path or async callable)."""
+        return self._live("copy_from_table").copy_from_table(  # type: ignore[no-any-return]
+            table_name, output=output, columns=columns, schema_name=schema_name,
+            timeout=timeout, **options,
+        )
+
+    def copy_from_query(
+        self, query: str, *args: Any, output: Any, timeout: float | None = None, **options: Any
+    ) -> _Coro:
+        """Copy a query's result to ``output``."""
+        return self._note(query).copy_from_query(  # type: ignore[no-any-return]
+            query, *args, output=output, timeout=timeout, **options
+        )
+
+    def copy_to_table(
+        self,
+        table_name: str,
+        *,
+        source: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> _Coro:
+        """Copy data from ``source`` into a table."""
+        return self._live("copy_to_table").copy_to_table(  # type: ignore[no-any-return]
+            table_name, source=source, columns=columns, schema_name=schema_name,
+            timeout=timeout, **options,
+        )
+
+    def copy_records_to_table(
+        self,
+        table_name: str,
+        *,
+        records: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        where: str | None = None,
+    ) -> _Coro:
+        """Copy an iterable (or async iterable) of records into a table."""
+        return self._live("copy_records_to_table").copy_records_to_table(  # type: ignore[no-any-return]
+            table_name, records=records, columns=columns, schema_name=schema_name,
+            timeout=timeout, where=where,
+        )
+
+    # -- listeners (each marks the session dirty: release removes them) ------------
+
+    def add_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro:
+        """LISTEN on ``channel``; removed (UNLISTEN) when the connection is released."""
+        con = self._live("add_listener")
+        self._slot.dirty = True  # type: ignore[union-attr]
+        return con.add_listener(channel, callback)  # type: ignore[no-any-return]
+
+    def remove_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro:
+        """Remove a listener added with :meth:`add_listener`."""
+        return self._live("remove_listener").remove_listener(channel, callback)  # type: ignore[no-any-return]
+
+    def add_log_listener(self, callback: Callable[..., Any]) -> None:
+        """Receive server log messages (removed on release)."""
+        con = self._live("add_log_listener")
+        self._slot.dirty = True  # type: ignore[union-attr]
+        con.add_log_listener(callback)
+
+    def remove_log_listener(self, callback: Callable[..., Any]) -> None:
+        """Remove a log listener."""
+        self._live("remove_log_listener").remove_log_listener(callback)
+
+    def add_termination_listener(self, callback: Callable[..., Any]) -> None:
+        """Be told when the underlying connection closes."""
+        self._live("add_termination_listener").add_termination_listener(callback)
+
+    def remove_termination_listener(self, callback: Callable[..., Any]) -> None:
+        """Remove a termination listener."""
+        self._live("remove_termination_listener").remove_termination_listener(callback)
+
+    def add_query_logger(self, callback: Callable[..., Any]) -> None:
+        """Log every query run on this connection."""
+        self._live("add_query_logger").add_query_logger(callback)
+
+    def remove_query_logger(self, callback: Callable[..., Any]) -> None:
+        """Remove a query logger."""
+        self._live("remove_query_logger").remove_query_logger(callback)
+
+    # -- introspection and codecs ----------------------------------------------
+
+    def get_server_pid(self) -> int:
+        """The PID of the server process behind this connection."""
+        return int(self._live("get_server_pid").get_server_pid())
+
+    def get_server_version(self) -> Any:
+        """The server version as asyncpg's ``ServerVersion`` tuple."""
+        return self._live("get_server_version").get_server_version()
+
+    def get_settings(self) -> Any:
+        """Asyncpg's connection settings object."""
+        return self._live("get_settings").get_settings()
+
+    def is_closed(self) -> bool:
+        """True when the underlying connection is closed."""
+        return bool(self._live("is_closed").is_closed())
+
+    def set_type_codec(self, typename: str, **kwargs: Any) -> _Coro:
+        """Set a custom codec (it stays on the connection: prefer the pool's ``init``)."""
+        return self._live("set_type_codec").set_type_codec(typename, **kwargs)  # type: ignore[no-any-return]
+
+    def reset_type_codec(self, typename: str, **kwargs: Any) -> _Coro:
+        """Reset a codec to asyncpg's default."""
+        return self._live("reset_type_codec").reset_type_codec(typename, **kwargs)  # type: ignore[no-any-return]
+
+    def set_builtin_type_codec(self, typename: str, **kwargs: Any) -> _Coro:
+        """Set a builtin codec (it stays on the connection: prefer the pool's ``init``)."""
+        return self._live("set_builtin_type_codec").set_builtin_type_codec(  # type: ignore[no-any-return]
+            typename, **kwargs
+        )
+
+    def reload_schema_state(self) -> _Coro:
+        """Drop cached type and statement information after schema changes."""
+        return self._live("reload_schema_state").reload_schema_state()  # type: ignore[no-any-return]
+
+    # -- closing -----------------------------------------------------------------
+
+    def close(self, *, timeout: float | None = None) -> _Coro:
+        """Close the underlying connection; the pool replaces it when it is released."""
+        return self._live("close").close(timeout=timeout)  # type: ignore[no-any-return]
+
+    def terminate(self) -> None:
+        """Abort the underlying connection; the pool replaces it when it is released."""
+        self._live("terminate").terminate()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not defined above (never on the hot path).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._live(name), name)

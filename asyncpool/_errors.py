@@ -1,0 +1,63 @@
+"""The one error tree of asyncpool.
+
+Every error the pool raises derives from :class:`PoolError`. Messages say what
+happened and which setting to change.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "ConnectionReleasedError",
+    "DatabaseUnavailable",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "PoolUsageError",
+    "TooManyWaiters",
+)
+
+
+class PoolError(Exception):
+    """Base class of every error raised by asyncpool."""
+
+    __module__ = "asyncpool"
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """No connection could be lent before the acquire deadline."""
+
+    __module__ = "asyncpool"
+
+
+class PoolClosed(PoolError):
+    """The pool is closed (or closing) and lends no more connections."""
+
+    __module__ = "asyncpool"
+
+
+class TooManyWaiters(PoolError):
+    """The waiting queue is full (``max_waiting`` reached); the borrower was refused."""
+
+    __module__ = "asyncpool"
+
+
+class ConnectionReleasedError(PoolError):
+    """A pooled connection was used after it was released back to the pool."""
+
+    __module__ = "asyncpool"
+
+
+class DatabaseUnavailable(PoolError):
+    """The database is known to be down; ``last_error`` is the latest connect failure."""
+
+    __module__ = "asyncpool"
+
+    def __init__(self, message: str, last_error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+
+
+class PoolUsageError(PoolError, RuntimeError):
+    """The pool was used from another event loop, another thread, or after ``fork()``."""
+
+    __module__ = "asyncpool"

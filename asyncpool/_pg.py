@@ -1,0 +1,162 @@
+"""Everything asyncpool knows about asyncpg and PostgreSQL, in one place.
+
+The pool's bookkeeping (``_pool.py``) never talks to the server itself; it calls
+these functions to open, check, reset and close connections. Anything that
+quacks like an ``asyncpg.Connection`` (``execute``, ``is_closed``,
+``is_in_transaction``, ``close``, ``terminate``) works, which is how the unit
+tests drive the pool with fake connections.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import asyncpg
+
+from ._config import PoolConfig
+
+__all__ = (
+    "FULL_RESET_SQL",
+    "close_gracefully",
+    "is_broken",
+    "needs_rollback",
+    "open_connection",
+    "ping",
+    "query_count",
+    "reset_connection",
+    "terminate",
+)
+
+logger = logging.getLogger("asyncpool")
+
+#: The statements of a full reset, after any ROLLBACK. It restores what a new
+#: session looks like (like ``DISCARD ALL``) except that it keeps prepared
+#: statements, so asyncpg's statement cache stays valid.
+FULL_RESET_SQL = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;"
+)
+
+
+async def _resolve_args(config: PoolConfig, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(config.connect_kwargs)
+    if config.connect_args is not None:
+        supplied = config.connect_args()
+        if inspect.isawaitable(supplied):
+            supplied = await supplied
+        kwargs.update(supplied)
+    if extra:
+        kwargs.update(extra)
+    return kwargs
+
+
+def _enable_tcp_keepalive(conn: Any) -> None:
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    except OSError:  # pragma: no cover - platform without these options
+        logger.debug("asyncpool could not enable TCP keepalive", exc_info=True)
+
+
+async def open_connection(config: PoolConfig, extra: Mapping[str, Any] | None = None) -> Any:
+    """Open one connection with the pool's settings (no ``init`` hook; the pool runs it)."""
+    kwargs = await _resolve_args(config, extra)
+    connect: Callable[..., Awaitable[Any]] = config.connect or asyncpg.connect
+    dsn = kwargs.pop("dsn", config.dsn)
+    kwargs.setdefault("timeout", config.connect_timeout)
+    conn = await (connect(dsn, **kwargs) if dsn is not None else connect(**kwargs))
+    if config.tcp_keepalive:
+        _enable_tcp_keepalive(conn)
+    return conn
+
+
+def is_broken(conn: Any) -> bool:
+    """True when the connection is closed or aborted (a local check, no I/O)."""
+    return bool(conn.is_closed())
+
+
+def needs_rollback(conn: Any) -> bool:
+    """True when the connection holds an open or failed transaction, or is still
+    cancelling a query (all local protocol state, no I/O).
+    """
+    if conn.is_in_transaction() or getattr(conn, "_top_xact", None) is not None:
+        return True
+    protocol = getattr(conn, "_protocol", None)
+    cancelling = getattr(protocol, "_is_cancelling", None)
+    return bool(cancelling is not None and cancelling())
+
+
+def query_count(conn: Any) -> int:
+    """Statements this connection has run (asyncpg's ``max_queries`` counter), or 0."""
+    protocol = getattr(conn, "_protocol", None)
+    return int(getattr(protocol, "queries_count", 0))
+
+
+async def _finish_cancellation(conn: Any) -> None:
+    protocol: Any = getattr(conn, "_protocol", None)
+    cancelling = getattr(protocol, "_is_cancelling", None)
+    if cancelling is not None and cancelling():
+        await protocol._wait_for_cancellation()
+
+
+async def _rollback(conn: Any) -> None:
+    await _finish_cancellation(conn)
+    if getattr(conn, "_top_xact", None) is not None:
+        # Forget asyncpg's Transaction object so the next borrower's
+        # ``transaction()`` starts a real transaction, not a savepoint.
+        conn._top_xact = None
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+def _forget_listeners(conn: Any) -> None:
+    for name in ("_listeners", "_log_listeners"):
+        registry = getattr(conn, name, None)
+        if registry is not None:
+            registry.clear()
+
+
+async def reset_connection(conn: Any, *, full: bool, rollback: bool) -> None:
+    """Bring a returned connection back to a clean session (the caller bounds the time).
+
+    ``rollback`` ends an open or failed transaction (and waits out a cancelled
+    query); ``full`` also restores session state with :data:`FULL_RESET_SQL`
+    and drops client-side listener callbacks.
+    """
+    if rollback:
+        await _rollback(conn)
+    if full:
+        _forget_listeners(conn)
+        await conn.execute(FULL_RESET_SQL)
+
+
+async def ping(conn: Any) -> None:
+    """One round trip that proves the server answers (simple protocol, nothing prepared)."""
+    await conn.execute("SELECT 1")
+
+
+async def close_gracefully(conn: Any, timeout: float) -> None:
+    """Close politely (Terminate message), aborting if the server does not answer in time."""
+    try:
+        await conn.close(timeout=timeout)
+    except Exception:
+        terminate(conn)
+
+
+def terminate(conn: Any) -> None:
+    """Abort the connection at once, without I/O; never raises."""
+    try:
+        conn.terminate()
+    except Exception:  # pragma: no cover - defensive
+        logger.debug("asyncpool: terminate() raised", exc_info=True)

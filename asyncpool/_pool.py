@@ -1,0 +1,1112 @@
+"""The pool: slot bookkeeping, the FIFO waiter queue, and background upkeep.
+
+Design (read this before changing anything here)
+-------------------------------------------------
+* Every connection is a :class:`_Slot` in exactly one :class:`SlotState`;
+  ``self._counts[state]`` counts them, so ``size`` is a sum, never a guess.
+* State changes happen in plain synchronous methods (``_lend``, ``_hand_over``,
+  ``_on_returned``, ``_discard``, ``_grow`` ...). They contain no ``await``, so on
+  one event loop they need no lock and cancellation cannot interrupt them. The
+  I/O they decide on (connect, reset, ping, close) runs afterwards, in the
+  borrower's task (ping before lend) or in a pool-owned background task.
+* Waiters are futures in a FIFO deque. A connection that becomes available goes
+  straight to the oldest waiter whose future is still pending (``_hand_over``); a
+  waiter that timed out or was cancelled has a done future and is skipped. If a
+  waiter is cancelled in the same tick as it was handed a connection, its
+  ``except`` clause finds the result and hands the connection on: nothing is lost.
+* The hot path (an idle connection, nobody waiting): ``_try_acquire`` pops it and
+  ``_on_returned`` pushes it back. No task, timer, lock or server round trip; one
+  clock read each. A deadline timer exists only while a borrower waits.
+* Borrowers wait only on the pool. Connections are opened by background tasks
+  (at most ``connect_concurrency`` at once) and go to the oldest waiter, like a
+  returned one. Failed connects back off exponentially with jitter; while no
+  connection is open and the last connect failed, the database is *known down*
+  and acquire fails fast with :class:`DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import Any
+
+from . import _pg
+from ._config import PoolConfig
+from ._connection import PooledConnection
+from ._errors import (
+    ConnectionReleasedError,
+    DatabaseUnavailable,
+    PoolClosed,
+    PoolTimeout,
+    PoolUsageError,
+    TooManyWaiters,
+)
+from ._slots import N_STATES, SlotState, _Slot
+from ._stats import PoolStats, _Counters
+
+__all__ = ("Pool", "create_pool")
+
+logger = logging.getLogger("asyncpool")
+
+CONNECTING = SlotState.CONNECTING
+IDLE = SlotState.IDLE
+IN_USE = SlotState.IN_USE
+RETURNING = SlotState.RETURNING
+CHECKING = SlotState.CHECKING
+CLOSING = SlotState.CLOSING
+
+_NEW, _OPENING, _OPEN, _CLOSING, _CLOSED = "new", "opening", "open", "closing", "closed"
+
+# Bumped in a child process after fork(): a pool opened before the fork refuses to work.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Pool:
+    """A pool of asyncpg connections for one event loop.
+
+    Create it with :func:`create_pool` (opens it), or construct it and call
+    :meth:`open` later (e.g. in a web framework's lifespan hook). Borrow with
+    ``async with pool.acquire() as conn:``. See :func:`create_pool` for every
+    setting and its default.
+    """
+
+    __module__ = "asyncpool"
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        acquire_timeout: float = 30.0,
+        max_waiting: int | None = None,
+        reset: Any = "auto",
+        reset_timeout: float = 5.0,
+        max_lifetime: float | None = 3600.0,
+        lifetime_jitter: float = 0.1,
+        max_idle: float | None = 600.0,
+        max_uses: int | None = None,
+        max_queries: int | None = None,
+        ping_after_idle: float | None = 10.0,
+        ping_timeout: float = 5.0,
+        keepalive_interval: float | None = 60.0,
+        connect_timeout: float = 10.0,
+        connect_concurrency: int = 2,
+        reconnect_initial_delay: float = 0.05,
+        reconnect_max_delay: float = 1.0,
+        leak_timeout: float | None = None,
+        close_timeout: float = 10.0,
+        maintenance_interval: float = 1.0,
+        tcp_keepalive: bool = True,
+        init: Callable[[Any], Awaitable[None]] | None = None,
+        setup: Callable[[Any], Awaitable[None]] | None = None,
+        connect: Callable[..., Awaitable[Any]] | None = None,
+        connect_args: Callable[[], Any] | None = None,
+        name: str = "asyncpool",
+        **connect_kwargs: Any,
+    ) -> None:
+        self._config = PoolConfig(
+            dsn=dsn,
+            min_size=min_size,
+            max_size=max_size,
+            acquire_timeout=acquire_timeout,
+            max_waiting=max_waiting,
+            reset=reset,
+            reset_timeout=reset_timeout,
+            max_lifetime=max_lifetime,
+            lifetime_jitter=lifetime_jitter,
+            max_idle=max_idle,
+            max_uses=max_uses,
+            max_queries=max_queries,
+            ping_after_idle=ping_after_idle,
+            ping_timeout=ping_timeout,
+            keepalive_interval=keepalive_interval,
+            connect_timeout=connect_timeout,
+            connect_concurrency=connect_concurrency,
+            reconnect_initial_delay=reconnect_initial_delay,
+            reconnect_max_delay=reconnect_max_delay,
+            leak_timeout=leak_timeout,
+            close_timeout=close_timeout,
+            maintenance_interval=maintenance_interval,
+            tcp_keepalive=tcp_keepalive,
+            init=init,
+            setup=setup,
+            connect=connect,
+            connect_args=connect_args,
+            connect_kwargs=connect_kwargs,
+            name=name,
+        )
+        self._state = _NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fork_gen = _fork_generation
+        self._slots: set[_Slot] = set()
+        self._counts = [0] * N_STATES
+        self._idle: deque[_Slot] = deque()
+        self._waiters: deque[asyncio.Future[_Slot]] = deque()
+        self._n_waiting = 0
+        self._counters = _Counters()
+        self._generation = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._backoff = 0.0
+        self._next_connect_at = 0.0
+        self._last_connect_error: BaseException | None = None
+        self._down = False
+        self._empty: asyncio.Future[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def name(self) -> str:
+        """The pool's name (in logs, errors and metrics)."""
+        return self._config.name
+
+    @property
+    def config(self) -> PoolConfig:
+        """The pool's validated settings."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` or :meth:`terminate` has begun."""
+        return self._state in (_CLOSING, _CLOSED)
+
+    @property
+    def size(self) -> int:
+        """Connections the pool owns or is opening, in every state."""
+        return len(self._slots)
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of sizes, counters and time summaries."""
+        c = self._counters
+        n = self._counts
+        cfg = self._config
+        return PoolStats(
+            name=cfg.name,
+            min_size=cfg.min_size,
+            max_size=cfg.max_size,
+            size=len(self._slots),
+            idle=n[IDLE],
+            in_use=n[IN_USE],
+            connecting=n[CONNECTING],
+            returning=n[RETURNING],
+            checking=n[CHECKING],
+            closing=n[CLOSING],
+            waiting=self._n_waiting,
+            acquired_total=c.acquired_total,
+            released_total=c.released_total,
+            timeouts_total=c.timeouts_total,
+            cancelled_total=c.cancelled_total,
+            too_many_waiters_total=c.too_many_waiters_total,
+            unavailable_total=c.unavailable_total,
+            connections_opened_total=c.connections_opened_total,
+            connections_closed_total=c.connections_closed_total,
+            connections_lost_total=c.connections_lost_total,
+            connect_errors_total=c.connect_errors_total,
+            resets_total=c.resets_total,
+            resets_skipped_total=c.resets_skipped_total,
+            pings_total=c.pings_total,
+            pings_failed_total=c.pings_failed_total,
+            leaks_total=c.leaks_total,
+            wait_time=c.wait_time.snapshot(),
+            use_time=c.use_time.snapshot(),
+            connect_time=c.connect_time.snapshot(),
+        )
+
+    def pop_stats(self) -> PoolStats:
+        """Return :meth:`stats` and reset the counters (for periodic reporting)."""
+        snapshot = self.stats()
+        self._counters = _Counters()
+        return snapshot
+
+    def __repr__(self) -> str:
+        n = self._counts
+        return (
+            f"<Pool {self.name!r} {self._state} [size={len(self._slots)}/{self._config.max_size}: "
+            f"idle={n[IDLE]} in_use={n[IN_USE]} connecting={n[CONNECTING]} "
+            f"returning={n[RETURNING]} checking={n[CHECKING]} closing={n[CLOSING]} | "
+            f"waiting={self._n_waiting}]>"
+        )
+
+    # ---------------------------------------------------------- open / close
+
+    def __await__(self) -> Generator[Any, None, Pool]:
+        return self._open_and_return().__await__()
+
+    async def _open_and_return(self) -> Pool:
+        await self.open()
+        return self
+
+    async def __aenter__(self) -> Pool:
+        if self._state == _NEW:
+            await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the pool on the running event loop and its first ``min_size`` connections.
+
+        Raises the connect error when ``min_size > 0`` and not one connection could
+        be opened (the pool is then closed). If only some fail, the rest are opened
+        in the background.
+        """
+        if self._state != _NEW:
+            raise PoolUsageError(f"asyncpool pool {self.name!r} was already opened ({self._state})")
+        self._loop = asyncio.get_running_loop()
+        self._fork_gen = _fork_generation
+        self._state = _OPENING
+        slots = [self._new_slot() for _ in range(self._config.min_size)]
+        tasks = [self._spawn(self._connect(slot)) for slot in slots]
+        try:
+            if tasks:
+                await asyncio.wait(tasks)
+        except BaseException:
+            self.terminate()
+            raise
+        if slots and self._counts[IDLE] == 0:
+            error = self._last_connect_error or PoolClosed(
+                f"asyncpool pool {self.name!r} was closed while opening"
+            )
+            self.terminate()
+            raise error
+        self._state = _OPEN
+        self._maintenance = self._loop.create_task(
+            _maintain(weakref.ref(self), self._config.maintenance_interval),
+            name=f"asyncpool-maintenance-{self.name}",
+        )
+        logger.info(
+            "asyncpool pool %r opened: %d connection(s), min_size=%d max_size=%d",
+            self.name, self._counts[IDLE], self._config.min_size, self._config.max_size,
+        )
+        self._grow()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Close gracefully: stop lending, fail waiters with :class:`PoolClosed`, wait up to
+        ``timeout`` seconds (default ``close_timeout``) for borrowed connections to come
+        back, then terminate whatever is left. Never hangs; safe to call twice.
+        """
+        if self._state == _NEW:
+            self._state = _CLOSED
+            return
+        if self._close_task is None:
+            if self._state == _CLOSED:
+                return
+            budget = self._config.close_timeout if timeout is None else timeout
+            self._close_task = asyncio.get_running_loop().create_task(self._close(budget))
+        try:
+            await asyncio.shield(self._close_task)
+        except asyncio.CancelledError:
+            self.terminate()
+            raise
+
+    async def _close(self, timeout: float) -> None:
+        loop = self._check_loop()
+        self._state = _CLOSING
+        self._fail_waiters(
+            PoolClosed(f"asyncpool pool {self.name!r} is closing; no more connections are lent")
+        )
+        self._cancel_background(keep_closers=True)
+        for slot in list(self._idle):
+            self._retire(slot)
+        self._idle.clear()
+        if self._slots:
+            self._empty = loop.create_future()
+            await asyncio.wait([self._empty], timeout=timeout)
+        if self._slots:
+            logger.warning(
+                "asyncpool pool %r: %d connection(s) still busy after close timeout %.1fs; "
+                "terminating them", self.name, len(self._slots), timeout,
+            )
+        pending = list(self._tasks)
+        self.terminate()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        logger.info("asyncpool pool %r closed", self.name)
+
+    def terminate(self) -> None:
+        """Stop at once: fail waiters, cancel background work, abort every connection."""
+        self._state = _CLOSED
+        self._fail_waiters(PoolClosed(f"asyncpool pool {self.name!r} was terminated"))
+        self._cancel_background(keep_closers=False)
+        for slot in list(self._slots):
+            if slot.conn is not None:
+                _pg.terminate(slot.conn)
+            self._remove(slot)
+        self._idle.clear()
+
+    def _cancel_background(self, *, keep_closers: bool) -> None:
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            self._maintenance = None
+        for task in list(self._tasks):
+            if keep_closers and task.get_name().startswith("asyncpool-close"):
+                continue
+            task.cancel()
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error)
+                # The waiter re-raises it; mark retrieved so an already-cancelled
+                # waiter does not log "exception was never retrieved".
+                fut.exception()
+        self._n_waiting = 0
+
+    # ------------------------------------------------------------ acquire
+
+    def acquire(self, *, timeout: float | None = None) -> _AcquireContext:
+        """Borrow a connection: ``async with pool.acquire() as conn:`` or ``await``.
+
+        ``timeout`` (seconds) is this borrow's deadline, covering waiting,
+        connecting and checking; it defaults to the pool's ``acquire_timeout``.
+        Raises :class:`PoolTimeout`, :class:`PoolClosed`, :class:`TooManyWaiters`
+        or :class:`DatabaseUnavailable`.
+        """
+        return _AcquireContext(self, timeout)
+
+    async def _acquire(self, timeout: float | None) -> PooledConnection:
+        conn = self._try_acquire()
+        if conn is None:
+            conn = await self._acquire_slow(timeout)
+        if self._config.setup is not None:
+            await self._run_setup(conn)
+        return conn
+
+    def _check_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if self._fork_gen != _fork_generation:
+            raise PoolUsageError(
+                f"asyncpool pool {self.name!r} was opened in another process before fork(); "
+                "create a new pool in each child process"
+            )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop or loop is None:
+            if loop is None:
+                raise PoolUsageError(
+                    f"asyncpool pool {self.name!r} is not open; call `await pool.open()` first"
+                )
+            raise PoolUsageError(
+                f"asyncpool pool {self.name!r} belongs to the event loop it was opened on and "
+                "cannot be used from another loop or thread; create one pool per loop"
+            )
+        return loop
+
+    def _refuse(self) -> PoolClosed | PoolUsageError:
+        if self._state in (_NEW, _OPENING):
+            return PoolUsageError(
+                f"asyncpool pool {self.name!r} is not open; call `await pool.open()` first"
+            )
+        return PoolClosed(f"asyncpool pool {self.name!r} is closed; no connections are lent")
+
+    def _try_acquire(self) -> PooledConnection | None:
+        """The hot path: lend the most recently used idle connection if it needs no check."""
+        if self._state != _OPEN:
+            raise self._refuse()
+        loop = self._check_loop()
+        idle = self._idle
+        if not idle or self._n_waiting:
+            return None
+        slot = idle[-1]
+        now = loop.time()
+        if (
+            now >= slot.expires_at
+            or slot.conn.is_closed()
+            or (self._config.ping_after_idle is not None
+                and now - slot.last_used >= self._config.ping_after_idle)
+        ):
+            return None
+        idle.pop()
+        self._counts[IDLE] -= 1
+        self._counts[IN_USE] += 1
+        slot.state = IN_USE
+        return self._lend(slot, now, now)
+
+    def _lend(self, slot: _Slot, now: float, started: float) -> PooledConnection:
+        """Turn an IN_USE-reserved slot into a lease (sync)."""
+        slot.uses += 1
+        slot.lease += 1
+        slot.acquired_at = now
+        slot.dirty = False
+        c = self._counters
+        c.acquired_total += 1
+        c.wait_time.add(now - started)
+        if self._config.leak_timeout is not None:
+            slot.leak_reported = False
+            slot.stack = "".join(traceback.format_stack(limit=12)[:-3])
+        return PooledConnection(self, slot)
+
+    def _take_idle(self, now: float) -> _Slot | None:
+        """Pop an idle connection for a borrower; retire expired or broken ones on the way.
+
+        Returns the slot in IN_USE (ready) or CHECKING (the caller must ping it).
+        """
+        cfg = self._config
+        while self._idle:
+            slot = self._idle.pop()
+            if slot.conn.is_closed():
+                self._set(slot, IN_USE)
+                self._discard(slot, lost=True)
+            elif now >= slot.expires_at:
+                self._set(slot, IN_USE)
+                self._retire(slot)
+            elif cfg.ping_after_idle is not None and now - slot.last_used >= cfg.ping_after_idle:
+                self._set(slot, CHECKING)
+                return slot
+            else:
+                self._set(slot, IN_USE)
+                return slot
+        return None
+
+    async def _acquire_slow(self, timeout: float | None) -> PooledConnection:
+        loop = self._check_loop()
+        if timeout is None:
+            timeout = self._config.acquire_timeout
+        elif timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        started = loop.time()
+        deadline = started + timeout
+        while True:
+            if self._state != _OPEN:
+                raise self._refuse()
+            slot = None if self._n_waiting else self._take_idle(loop.time())
+            if slot is None:
+                slot = await self._wait(loop, started, deadline)
+            elif slot.state is CHECKING and not await self._check(slot, started, deadline):
+                continue
+            return self._lend(slot, loop.time(), started)
+
+    async def _wait(
+        self, loop: asyncio.AbstractEventLoop, started: float, deadline: float
+    ) -> _Slot:
+        """Queue as a waiter until a connection is handed over or the deadline passes."""
+        cfg = self._config
+        if self._down and not self._open_count():
+            self._counters.unavailable_total += 1
+            raise DatabaseUnavailable(
+                f"asyncpool pool {self.name!r}: the database is unreachable (no connection is "
+                f"open and the last connect failed: {self._last_connect_error!r}); retrying "
+                "in the background", self._last_connect_error,
+            ) from self._last_connect_error
+        if cfg.max_waiting is not None and self._n_waiting >= cfg.max_waiting:
+            self._counters.too_many_waiters_total += 1
+            raise TooManyWaiters(
+                f"asyncpool pool {self.name!r}: {self._n_waiting} borrowers already wait "
+                f"(max_waiting={cfg.max_waiting}) and all {len(self._slots)} connections are "
+                "busy; raise max_waiting or max_size, or shed load"
+            )
+        fut: asyncio.Future[_Slot] = loop.create_future()
+        self._waiters.append(fut)
+        self._n_waiting += 1
+        self._grow()
+        handle = loop.call_at(deadline, self._on_deadline, fut, started)
+        try:
+            return await fut
+        except BaseException as exc:
+            self._abandon(fut, exc)
+            raise
+        finally:
+            handle.cancel()
+
+    def _abandon(self, fut: asyncio.Future[_Slot], exc: BaseException) -> None:
+        """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""
+        if isinstance(exc, asyncio.CancelledError):
+            self._counters.cancelled_total += 1
+        if not fut.done():
+            fut.cancel()
+            self._n_waiting -= 1
+        elif not fut.cancelled() and fut.exception() is None:
+            # Handed a connection in the same tick as it was cancelled: pass it on.
+            self._hand_over(fut.result())
+        if len(self._waiters) > 2 * self._n_waiting + 64:
+            self._waiters = deque(f for f in self._waiters if not f.done())
+
+    def _on_deadline(self, fut: asyncio.Future[_Slot], started: float) -> None:
+        if fut.done():
+            return
+        self._n_waiting -= 1
+        self._counters.timeouts_total += 1
+        waited = self._loop.time() - started  # type: ignore[union-attr]
+        fut.set_exception(PoolTimeout(self._diagnose_timeout(waited)))
+
+    def _diagnose_timeout(self, waited: float) -> str:
+        n = self._counts
+        cfg = self._config
+        now = self._loop.time()  # type: ignore[union-attr]
+        held = [now - s.acquired_at for s in self._slots if s.state is IN_USE]
+        oldest = max(held, default=0.0)
+        if self._last_connect_error is not None and self._down:
+            cause = f"the database looks down (last connect error: {self._last_connect_error!r})"
+        elif cfg.leak_timeout is not None and oldest > cfg.leak_timeout:
+            cause = (f"a borrower has held a connection for {oldest:.1f}s, longer than "
+                     f"leak_timeout={cfg.leak_timeout}s: likely a leak (see the leak warning)")
+        elif len(self._slots) >= cfg.max_size:
+            cause = (f"the pool is at max_size={cfg.max_size} and every connection is busy: "
+                     "raise max_size (if the server allows), shorten transactions, or raise "
+                     "acquire_timeout")
+        elif self._last_connect_error is not None:
+            cause = f"new connections fail: {self._last_connect_error!r}"
+        else:
+            cause = "connections are being opened too slowly (see connect_timeout)"
+        return (
+            f"asyncpool pool {self.name!r}: no connection after waiting {waited:.3f}s "
+            f"(size={len(self._slots)}/{cfg.max_size}, in_use={n[IN_USE]}, idle={n[IDLE]}, "
+            f"connecting={n[CONNECTING]}, waiting={self._n_waiting}, oldest borrower has held "
+            f"its connection {oldest:.3f}s). Likely cause: {cause}"
+        )
+
+    async def _check(self, slot: _Slot, started: float, deadline: float) -> bool:
+        """Ping a stale idle connection for a borrower (slot is CHECKING). True if usable."""
+        loop = self._loop
+        assert loop is not None
+        budget = min(self._config.ping_timeout, deadline - loop.time())
+        if budget <= 0:
+            self._set(slot, IN_USE)
+            self._hand_over(slot)
+            self._counters.timeouts_total += 1
+            raise PoolTimeout(self._diagnose_timeout(loop.time() - started))
+        self._counters.pings_total += 1
+        try:
+            async with asyncio.timeout(budget):
+                await _pg.ping(slot.conn)
+        except asyncio.CancelledError:
+            # Interrupted mid-ping: the connection's protocol state is unknown.
+            self._set(slot, IN_USE)
+            self._discard(slot, lost=False)
+            raise
+        except Exception as exc:
+            self._counters.pings_failed_total += 1
+            logger.info("asyncpool pool %r: discarding a connection that failed its "
+                        "health check: %r", self.name, exc)
+            self._set(slot, IN_USE)
+            self._discard(slot, lost=True)
+            return False
+        self._set(slot, IN_USE)
+        slot.last_used = loop.time()
+        return True
+
+    async def _run_setup(self, conn: PooledConnection) -> None:
+        assert self._config.setup is not None
+        try:
+            await self._config.setup(conn)
+        except BaseException:
+            if conn._slot is not None:
+                self._release_nowait(conn)
+            raise
+
+    # ------------------------------------------------------------ release
+
+    async def release(self, connection: PooledConnection, *, timeout: float | None = None) -> None:
+        """Give a connection back. It is usable by others as soon as its reset (if one is
+        needed) ends; the reset runs in the background, bounded by ``timeout`` (default
+        ``reset_timeout``), so release cannot be cancelled into a leak.
+        """
+        self._release_nowait(connection, timeout)
+
+    def _release_nowait(self, conn: PooledConnection, timeout: float | None = None) -> None:
+        slot = conn._slot
+        if slot is None:
+            raise ConnectionReleasedError(
+                f"this connection was already released to asyncpool pool {self.name!r}"
+            )
+        if conn._pool is not self:
+            raise PoolUsageError(
+                f"this connection belongs to asyncpool pool {conn._pool.name!r}, "
+                f"not {self.name!r}"
+            )
+        if self._state != _CLOSED:
+            self._check_loop()
+        conn._detach()
+        self._on_returned(slot, timeout)
+
+    def _on_returned(self, slot: _Slot, timeout: float | None) -> None:
+        """Decide what a returned connection needs; no await (I/O goes to a task)."""
+        if slot.state is not IN_USE:  # terminated while lent (pool.terminate)
+            return
+        cfg = self._config
+        c = self._counters
+        conn = slot.conn
+        now = self._loop.time()  # type: ignore[union-attr]
+        c.released_total += 1
+        c.use_time.add(now - slot.acquired_at)
+        slot.last_used = now
+        slot.stack = None
+        if conn.is_closed():
+            self._discard(slot, lost=True)
+            return
+        if (
+            self._state != _OPEN
+            or now >= slot.expires_at
+            or slot.generation != self._generation
+            or (cfg.max_uses is not None and slot.uses >= cfg.max_uses)
+            or (cfg.max_queries is not None and _pg.query_count(conn) >= cfg.max_queries)
+            or len(self._slots) - self._counts[CLOSING] > cfg.max_size
+        ):
+            self._retire(slot)
+            return
+        mode = cfg.reset
+        rollback = _pg.needs_rollback(conn)
+        if mode == "auto":
+            full = slot.dirty
+        else:
+            full = mode == "full"
+        if not (rollback or full or callable(mode)):
+            c.resets_skipped_total += 1
+            self._hand_over(slot)
+            return
+        if mode == "none":
+            # No reset queries allowed: a connection left mid-transaction is replaced.
+            self._discard(slot, lost=False)
+            return
+        self._set(slot, RETURNING)
+        budget = cfg.reset_timeout if timeout is None else timeout
+        self._spawn(self._reset(slot, rollback, full, budget), "asyncpool-reset")
+
+    async def _reset(self, slot: _Slot, rollback: bool, full: bool, budget: float) -> None:
+        mode = self._config.reset
+        try:
+            async with asyncio.timeout(budget):
+                await _pg.reset_connection(slot.conn, full=full, rollback=rollback)
+                if callable(mode):
+                    await mode(slot.conn)
+        except asyncio.CancelledError:
+            self._set(slot, IN_USE)
+            self._discard(slot, lost=False)
+            raise
+        except Exception as exc:
+            logger.warning("asyncpool pool %r: reset of a returned connection failed (%r); "
+                           "replacing the connection", self.name, exc)
+            self._set(slot, IN_USE)
+            self._discard(slot, lost=True)
+            return
+        self._counters.resets_total += 1
+        self._set(slot, IN_USE)
+        if self._state == _OPEN:
+            self._hand_over(slot)
+        else:
+            self._retire(slot)
+
+    def _reclaim_later(self, slot: _Slot, lease: int) -> None:
+        """Called from a lost wrapper's ``__del__`` (any thread, any time)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._reclaim, slot, lease)
+        except RuntimeError:  # loop closed meanwhile
+            pass
+
+    def _reclaim(self, slot: _Slot, lease: int) -> None:
+        if slot.state is not IN_USE or slot.lease != lease or slot not in self._slots:
+            return
+        self._counters.leaks_total += 1
+        logger.warning(
+            "asyncpool pool %r: a connection was garbage-collected without being released; "
+            "its slot is recovered (use `async with pool.acquire()`).%s",
+            self.name, f"\nIt was acquired at:\n{slot.stack}" if slot.stack else "",
+        )
+        self._discard(slot, lost=False)
+
+    # ------------------------------------------------------ state changes (sync)
+
+    def _set(self, slot: _Slot, state: SlotState) -> None:
+        counts = self._counts
+        counts[slot.state] -= 1
+        counts[state] += 1
+        slot.state = state
+
+    def _new_slot(self) -> _Slot:
+        slot = _Slot(self._generation)
+        self._slots.add(slot)
+        self._counts[CONNECTING] += 1
+        return slot
+
+    def _remove(self, slot: _Slot) -> None:
+        if slot not in self._slots:
+            return
+        self._slots.remove(slot)
+        self._counts[slot.state] -= 1
+        if slot.state is IDLE:
+            try:
+                self._idle.remove(slot)
+            except ValueError:
+                pass
+        if slot.conn is not None:
+            self._counters.connections_closed_total += 1
+        if self._empty is not None and not self._slots and not self._empty.done():
+            self._empty.set_result(None)
+
+    def _hand_over(self, slot: _Slot) -> None:
+        """Give a ready slot (state IN_USE, not lent) to the oldest live waiter, else idle."""
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                self._n_waiting -= 1
+                fut.set_result(slot)
+                return
+        if self._state != _OPEN:
+            self._retire(slot)
+            return
+        self._counts[IN_USE] -= 1
+        self._counts[IDLE] += 1
+        slot.state = IDLE
+        self._idle.append(slot)
+
+    def _discard(self, slot: _Slot, *, lost: bool) -> None:
+        """Abort a connection now (no I/O wait) and free its slot; refill if needed."""
+        if lost:
+            self._counters.connections_lost_total += 1
+        if slot.conn is not None:
+            _pg.terminate(slot.conn)
+        self._remove(slot)
+        self._grow()
+
+    def _retire(self, slot: _Slot) -> None:
+        """Close a connection politely in the background; its slot counts until closed."""
+        if slot.state is IDLE:
+            try:
+                self._idle.remove(slot)
+            except ValueError:
+                pass
+        self._set(slot, CLOSING)
+        self._spawn(self._close_slot(slot), "asyncpool-close")
+        self._grow()
+
+    async def _close_slot(self, slot: _Slot) -> None:
+        try:
+            await _pg.close_gracefully(slot.conn, min(self._config.ping_timeout, 2.0))
+        finally:
+            self._remove(slot)
+            self._grow()
+
+    def _open_count(self) -> int:
+        n = self._counts
+        return n[IDLE] + n[IN_USE] + n[RETURNING] + n[CHECKING]
+
+    def _spawn(self, coro: Any, name: str = "asyncpool-task") -> asyncio.Task[Any]:
+        assert self._loop is not None
+        task = self._loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("asyncpool pool %r: background task failed", self.name,
+                         exc_info=task.exception())
+
+    # ------------------------------------------------------------- growth
+
+    def _grow(self) -> None:
+        """Start background connects for waiters and for ``min_size`` (sync)."""
+        if self._state != _OPEN:
+            return
+        cfg = self._config
+        n = self._counts
+        loop = self._loop
+        assert loop is not None
+        active = len(self._slots) - n[CLOSING]
+        connecting = n[CONNECTING]
+        target = max(cfg.min_size, 1 if self._down else 0)
+        wanted = max(self._n_waiting - connecting, target - active)
+        room = min(cfg.max_size - active, cfg.connect_concurrency - connecting)
+        count = min(wanted, room)
+        if count <= 0:
+            return
+        now = loop.time()
+        if now < self._next_connect_at:
+            if self._retry_handle is None:
+                self._retry_handle = loop.call_at(self._next_connect_at, self._retry)
+            return
+        for _ in range(count):
+            self._spawn(self._connect(self._new_slot()), "asyncpool-connect")
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        self._grow()
+
+    async def _connect(self, slot: _Slot) -> None:
+        loop = self._loop
+        assert loop is not None
+        cfg = self._config
+        started = loop.time()
+        conn = None
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                conn = await _pg.open_connection(cfg)
+                if cfg.init is not None:
+                    await cfg.init(conn)
+        except asyncio.CancelledError:
+            if conn is not None:
+                _pg.terminate(conn)
+            self._remove(slot)
+            raise
+        except Exception as exc:
+            if conn is not None:
+                _pg.terminate(conn)
+            self._remove(slot)
+            self._on_connect_failed(exc, init_failed=conn is not None)
+            return
+        now = loop.time()
+        c = self._counters
+        c.connections_opened_total += 1
+        c.connect_time.add(now - started)
+        slot.conn = conn
+        slot.created_at = slot.last_used = now
+        if cfg.max_lifetime is not None:
+            slot.expires_at = now + cfg.max_lifetime * (1 - cfg.lifetime_jitter * random.random())
+        if self._down:
+            logger.warning("asyncpool pool %r: the database is reachable again", self.name)
+        self._down = False
+        self._backoff = 0.0
+        self._next_connect_at = 0.0
+        self._last_connect_error = None
+        self._set(slot, IN_USE)
+        if self._state == _OPENING:
+            self._hand_over_opening(slot)
+        elif self._state != _OPEN or slot.generation != self._generation:
+            self._retire(slot)
+        else:
+            self._hand_over(slot)
+            self._grow()
+
+    def _hand_over_opening(self, slot: _Slot) -> None:
+        self._set(slot, IDLE)
+        self._idle.append(slot)
+
+    def _on_connect_failed(self, exc: BaseException, *, init_failed: bool) -> None:
+        cfg = self._config
+        loop = self._loop
+        assert loop is not None
+        self._counters.connect_errors_total += 1
+        self._last_connect_error = exc
+        self._backoff = min(
+            max(self._backoff * 2, cfg.reconnect_initial_delay), cfg.reconnect_max_delay
+        )
+        delay = self._backoff * random.uniform(0.5, 1.0)
+        self._next_connect_at = loop.time() + delay
+        what = "init hook failed on a new connection" if init_failed else "connect failed"
+        if self._open_count() == 0 and not init_failed:
+            if not self._down:
+                logger.error("asyncpool pool %r: %s and no connection is open: %r; "
+                             "the database is treated as down, retrying with backoff",
+                             self.name, what, exc)
+            self._down = True
+            if self._state == _OPEN:
+                self._counters.unavailable_total += self._n_waiting
+                error = DatabaseUnavailable(
+                    f"asyncpool pool {self.name!r}: the database is unreachable: {exc!r}; "
+                    "retrying in the background", exc,
+                )
+                error.__cause__ = exc
+                self._fail_waiters(error)
+        else:
+            logger.warning("asyncpool pool %r: %s: %r (next attempt in %.2fs)",
+                           self.name, what, exc, delay)
+        self._grow()
+
+    # ------------------------------------------------------------ upkeep
+
+    def _housekeep(self) -> None:
+        """One maintenance pass (sync): lifetimes, idle limits, keepalive, leaks, refill."""
+        if self._state != _OPEN:
+            return
+        cfg = self._config
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        # Oldest-returned first: the deque's left end has been idle longest.
+        for slot in list(self._idle):
+            if slot.conn.is_closed():
+                self._idle.remove(slot)
+                self._set(slot, IN_USE)
+                self._discard(slot, lost=True)
+            elif now >= slot.expires_at or slot.generation != self._generation or (
+                cfg.max_idle is not None
+                and now - slot.last_used >= cfg.max_idle
+                and len(self._slots) - self._counts[CLOSING] > cfg.min_size
+            ):
+                self._retire(slot)
+            elif (
+                cfg.keepalive_interval is not None
+                and now - slot.last_used >= cfg.keepalive_interval
+            ):
+                self._idle.remove(slot)
+                self._set(slot, CHECKING)
+                self._spawn(self._keepalive(slot), "asyncpool-keepalive")
+        if cfg.leak_timeout is not None:
+            for slot in self._slots:
+                if (slot.state is IN_USE and not slot.leak_reported and slot.stack is not None
+                        and now - slot.acquired_at >= cfg.leak_timeout):
+                    slot.leak_reported = True
+                    self._counters.leaks_total += 1
+                    logger.warning(
+                        "asyncpool pool %r: a connection has been held for %.1fs "
+                        "(leak_timeout=%ss); it was acquired at:\n%s",
+                        self.name, now - slot.acquired_at, cfg.leak_timeout, slot.stack,
+                    )
+        self._grow()
+
+    async def _keepalive(self, slot: _Slot) -> None:
+        self._counters.pings_total += 1
+        try:
+            async with asyncio.timeout(self._config.ping_timeout):
+                await _pg.ping(slot.conn)
+        except asyncio.CancelledError:
+            self._set(slot, IN_USE)
+            self._discard(slot, lost=False)
+            raise
+        except Exception as exc:
+            self._counters.pings_failed_total += 1
+            logger.info("asyncpool pool %r: keepalive failed, replacing connection: %r",
+                        self.name, exc)
+            self._set(slot, IN_USE)
+            self._discard(slot, lost=True)
+            return
+        slot.last_used = self._loop.time()  # type: ignore[union-attr]
+        self._set(slot, IN_USE)
+        self._hand_over(slot)
+
+    # ------------------------------------------------------------ operations
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the pool's bounds. Extra idle connections close now; extra busy ones
+        close when returned; missing ones open in the background.
+        """
+        import dataclasses
+
+        self._config = dataclasses.replace(
+            self._config,
+            min_size=self._config.min_size if min_size is None else min_size,
+            max_size=self._config.max_size if max_size is None else max_size,
+        )
+        excess = len(self._slots) - self._counts[CLOSING] - self._config.max_size
+        for slot in list(self._idle)[:max(excess, 0)]:
+            self._retire(slot)
+        self._grow()
+
+    def expire(self) -> None:
+        """Retire every current connection gracefully (idle now, busy ones when returned);
+        new connections replace them, e.g. after a credentials rotation or failover.
+        """
+        self._generation += 1
+        for slot in list(self._idle):
+            self._retire(slot)
+        self._grow()
+
+    def set_connect_kwargs(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
+        """Use new connection arguments for connections opened from now on."""
+        import dataclasses
+
+        self._config = dataclasses.replace(self._config, dsn=dsn, connect_kwargs=connect_kwargs)
+
+
+async def _maintain(pool_ref: weakref.ref[Pool], interval: float) -> None:
+    """The pool's one background maintenance loop (holds only a weak reference)."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+        pool = pool_ref()
+        if pool is None:
+            return
+        try:
+            pool._housekeep()
+        except Exception:  # never let upkeep die silently
+            logger.exception("asyncpool pool %r: maintenance failed", pool.name)
+        del pool
+
+
+class _AcquireContext:
+    """What :meth:`Pool.acquire` returns: awaitable, and an async context manager."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: PooledConnection | None = None
+
+    def __await__(self) -> Generator[Any, None, PooledConnection]:
+        return self._pool._acquire(self._timeout).__await__()
+
+    async def __aenter__(self) -> PooledConnection:
+        pool = self._pool
+        conn = pool._try_acquire()
+        if conn is None:
+            conn = await pool._acquire_slow(self._timeout)
+        if pool._config.setup is not None:
+            await pool._run_setup(conn)
+        self._conn = conn
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        self._conn = None
+        if conn is not None and conn._slot is not None:
+            self._pool._release_nowait(conn)
+
+
+def create_pool(dsn: str | None = None, **kwargs: Any) -> Pool:
+    """Create a pool; ``await`` it to open it, or use ``async with create_pool(...) as pool``.
+
+    Settings (defaults in brackets):
+
+    - ``min_size`` [1], ``max_size`` [10]: connections kept open / the hard cap.
+    - ``acquire_timeout`` [30 s]: default deadline of each acquire (finite on purpose).
+    - ``max_waiting`` [None = unbounded]: cap on queued borrowers (:class:`TooManyWaiters`).
+    - ``reset`` ["auto"]: what release does. ``"auto"`` rolls back an open transaction
+      and runs a full session reset only after statements that may change session
+      state (else no round trip); ``"full"`` always resets; ``"rollback"`` only ends
+      transactions; ``"none"`` never queries (a connection left in a transaction is
+      replaced); or an async callable run after the rollback.
+    - ``reset_timeout`` [5 s], ``max_lifetime`` [3600 s, minus up to ``lifetime_jitter``
+      10 %], ``max_idle`` [600 s, above min_size], ``max_uses`` / ``max_queries`` [None].
+    - ``ping_after_idle`` [10 s]: ping a connection idle at least this long before lending
+      it; ``ping_timeout`` [5 s]; ``keepalive_interval`` [60 s] for idle connections.
+    - ``connect_timeout`` [10 s], ``connect_concurrency`` [2], reconnect backoff
+      ``reconnect_initial_delay`` [0.05 s] doubling to ``reconnect_max_delay`` [1 s].
+    - ``leak_timeout`` [None]: warn, with the acquiring stack, about long-held connections.
+    - ``init`` / ``setup``: async hooks per new connection / per checkout.
+    - ``connect``: a replacement for ``asyncpg.connect``; ``connect_args``: a (sync or
+      async) callable returning connection arguments at each connect.
+    - Any other keyword goes to ``asyncpg.connect`` (``user``, ``password``, ``ssl``,
+      ``statement_cache_size``, ``server_settings`` ...).
+    """
+    return Pool(dsn, **kwargs)

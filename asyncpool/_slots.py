@@ -1,0 +1,72 @@
+"""Connection slots: one explicit state per connection the pool owns.
+
+Every connection the pool owns (or is opening) lives in exactly one
+:class:`_Slot`, and every slot is in exactly one :class:`SlotState`. The pool
+keeps a count per state, so ``size == sum(counts)`` is an invariant the tests
+check after every scenario.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+__all__ = ("SlotState", "_Slot")
+
+
+class SlotState(enum.IntEnum):
+    """The state of one connection slot."""
+
+    CONNECTING = 0
+    """A connection is being opened for this slot (it counts toward ``size``)."""
+    IDLE = 1
+    """Open and ready to lend."""
+    IN_USE = 2
+    """Lent to a borrower (or handed to a waiter that is about to resume)."""
+    RETURNING = 3
+    """Returned by its borrower; the pool is resetting it before the next lend."""
+    CHECKING = 4
+    """The pool is pinging it (before a lend, or as a background keepalive)."""
+    CLOSING = 5
+    """Being closed; it still holds a server connection until the close ends."""
+
+    __module__ = "asyncpool"
+
+
+N_STATES = len(SlotState)
+
+
+class _Slot:
+    """One connection and its lifecycle facts (internal)."""
+
+    __slots__ = (
+        "acquired_at",
+        "conn",
+        "created_at",
+        "dirty",
+        "expires_at",
+        "generation",
+        "last_used",
+        "lease",
+        "leak_reported",
+        "stack",
+        "state",
+        "uses",
+    )
+
+    def __init__(self, generation: int) -> None:
+        self.state = SlotState.CONNECTING
+        self.conn: Any = None
+        self.generation = generation
+        self.created_at = 0.0
+        self.expires_at = float("inf")
+        self.last_used = 0.0
+        self.acquired_at = 0.0
+        self.uses = 0
+        self.lease = 0
+        self.dirty = False
+        self.leak_reported = False
+        self.stack: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<slot {self.state.name} uses={self.uses}>"

@@ -1,0 +1,145 @@
+"""Counters and time summaries, and their frozen snapshots."""
+
+from __future__ import annotations
+
+import dataclasses
+from bisect import bisect_left
+
+__all__ = ("HISTOGRAM_BOUNDS", "PoolStats", "TimeSummary")
+
+#: Upper bounds (seconds) of the histogram buckets kept for wait, use and connect times.
+#: The last bucket (index ``len(HISTOGRAM_BOUNDS)``) counts everything above the last bound.
+HISTOGRAM_BOUNDS: tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeSummary:
+    """A summary of durations in seconds: count, sum, max and a histogram.
+
+    ``buckets[i]`` counts durations ``<= HISTOGRAM_BOUNDS[i]`` (and above the previous
+    bound); the final entry counts durations above the last bound.
+    """
+
+    count: int = 0
+    sum: float = 0.0
+    max: float = 0.0
+    buckets: tuple[int, ...] = (0,) * (len(HISTOGRAM_BOUNDS) + 1)
+
+    __module__ = "asyncpool"
+
+    @property
+    def mean(self) -> float:
+        """The mean duration in seconds (0.0 when empty)."""
+        return self.sum / self.count if self.count else 0.0
+
+
+class _Recorder:
+    """Mutable accumulator behind a :class:`TimeSummary` (internal)."""
+
+    __slots__ = ("buckets", "count", "max", "sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.max = 0.0
+        self.buckets = [0] * (len(HISTOGRAM_BOUNDS) + 1)
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        if seconds > self.max:
+            self.max = seconds
+        self.buckets[bisect_left(HISTOGRAM_BOUNDS, seconds)] += 1
+
+    def snapshot(self) -> TimeSummary:
+        return TimeSummary(self.count, self.sum, self.max, tuple(self.buckets))
+
+
+class _Counters:
+    """The pool's mutable counters (internal); see :class:`PoolStats` for meanings."""
+
+    __slots__ = (
+        "acquired_total",
+        "cancelled_total",
+        "connect_errors_total",
+        "connect_time",
+        "connections_closed_total",
+        "connections_lost_total",
+        "connections_opened_total",
+        "leaks_total",
+        "pings_failed_total",
+        "pings_total",
+        "released_total",
+        "resets_skipped_total",
+        "resets_total",
+        "timeouts_total",
+        "too_many_waiters_total",
+        "unavailable_total",
+        "use_time",
+        "wait_time",
+    )
+
+    def __init__(self) -> None:
+        self.acquired_total = 0
+        self.released_total = 0
+        self.timeouts_total = 0
+        self.cancelled_total = 0
+        self.too_many_waiters_total = 0
+        self.unavailable_total = 0
+        self.connections_opened_total = 0
+        self.connections_closed_total = 0
+        self.connections_lost_total = 0
+        self.connect_errors_total = 0
+        self.resets_total = 0
+        self.resets_skipped_total = 0
+        self.pings_total = 0
+        self.pings_failed_total = 0
+        self.leaks_total = 0
+        self.wait_time = _Recorder()
+        self.use_time = _Recorder()
+        self.connect_time = _Recorder()
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    """A consistent snapshot of the pool's state and counters.
+
+    Sizes: ``size`` counts every connection the pool owns or is opening
+    (``size == idle + in_use + connecting + returning + checking + closing``).
+    Counters (``*_total``) count since the pool was created, or since the last
+    :meth:`Pool.pop_stats`.
+    """
+
+    name: str
+    min_size: int
+    max_size: int
+    size: int
+    idle: int
+    in_use: int
+    connecting: int
+    returning: int
+    checking: int
+    closing: int
+    waiting: int
+    acquired_total: int
+    released_total: int
+    timeouts_total: int
+    cancelled_total: int
+    too_many_waiters_total: int
+    unavailable_total: int
+    connections_opened_total: int
+    connections_closed_total: int
+    connections_lost_total: int
+    connect_errors_total: int
+    resets_total: int
+    resets_skipped_total: int
+    pings_total: int
+    pings_failed_total: int
+    leaks_total: int
+    wait_time: TimeSummary
+    use_time: TimeSummary
+    connect_time: TimeSummary
+
+    __module__ = "asyncpool"
