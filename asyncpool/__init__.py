@@ -11,6 +11,7 @@ Quick start::
 
 from ._config import PoolConfig
 from ._connection import PooledConnection
+from ._events import EventHook, EventKind, PoolEvent
 from ._errors import (
     ConnectionReleasedError,
     DatabaseUnavailable,
@@ -28,10 +29,13 @@ __all__ = (
     "HISTOGRAM_BOUNDS",
     "ConnectionReleasedError",
     "DatabaseUnavailable",
+    "EventHook",
+    "EventKind",
     "Pool",
     "PoolClosed",
     "PoolConfig",
     "PoolError",
+    "PoolEvent",
     "PoolStats",
     "PoolTimeout",
     "PoolUsageError",

@@ -7,10 +7,13 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-__all__ = ("RESET_MODES", "ConnectArgs", "PoolConfig", "ResetMode")
+__all__ = ("POOLERS", "RESET_MODES", "ConnectArgs", "PoolConfig", "Pooler", "ResetMode")
 
 ResetMode = Literal["auto", "full", "rollback", "none"]
 RESET_MODES: tuple[str, ...] = ("auto", "full", "rollback", "none")
+
+Pooler = Literal["pgbouncer-session", "pgbouncer-transaction", "pgbouncer-statement"]
+POOLERS: tuple[str, ...] = ("pgbouncer-session", "pgbouncer-transaction", "pgbouncer-statement")
 
 #: A callable that supplies connection arguments at each connect (sync or async),
 #: e.g. to fetch a fresh IAM token. Its mapping is merged over the static arguments.
@@ -61,8 +64,16 @@ class PoolConfig:
     connect_args: ConnectArgs | None = None
     connect_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     name: str = "asyncpool"
+    pooler: Pooler | None = None
 
     __module__ = "asyncpool"
+
+    @property
+    def shares_server_sessions(self) -> bool:
+        """True behind a transaction/statement pooler: server sessions are shared, so
+        session state can be neither kept nor reset.
+        """
+        return self.pooler in ("pgbouncer-transaction", "pgbouncer-statement")
 
     def __post_init__(self) -> None:
         for name in ("min_size", "max_size", "connect_concurrency"):
@@ -112,6 +123,9 @@ class PoolConfig:
                 f"reset must be one of {', '.join(RESET_MODES)} or an async callable, "
                 f"got {self.reset!r}"
             )
+        if self.pooler is not None and self.pooler not in POOLERS:
+            raise ValueError(f"pooler must be None or one of {', '.join(POOLERS)}, "
+                             f"got {self.pooler!r}")
         for name in ("init", "setup", "connect", "connect_args"):
             value = getattr(self, name)
             if value is not None and not callable(value):

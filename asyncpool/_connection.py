@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConnectionReleasedError
+from ._errors import ConnectionReleasedError, PoolUsageError
 from ._tracking import _cache as _verdicts
-from ._tracking import may_leave_session_state
+from ._tracking import may_leave_session_state, session_feature
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -68,8 +68,20 @@ class PooledConnection:
         if verdict is None:
             verdict = may_leave_session_state(query)
         if verdict:
+            if self._pool._config.shares_server_sessions:
+                self._refuse_session_feature(session_feature(query))
             self._slot.dirty = True  # type: ignore[union-attr]
         return con
+
+    def _refuse_session_feature(self, feature: str | None) -> None:
+        if feature is not None:
+            raise PoolUsageError(
+                f"{feature} needs a server session of its own, but asyncpool pool "
+                f"{self._pool.name!r} runs behind a transaction pooler "
+                f"(pooler={self._pool._config.pooler!r}), where each transaction may run on "
+                "another server connection; use SET LOCAL / transaction-scoped locks, or "
+                "connect directly to PostgreSQL for this work"
+            )
 
     def _detach(self) -> None:
         self._con = None
@@ -256,6 +268,8 @@ class PooledConnection:
     def add_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro:
         """LISTEN on ``channel``; removed (UNLISTEN) when the connection is released."""
         con = self._live("add_listener")
+        if self._pool._config.shares_server_sessions:
+            self._refuse_session_feature("LISTEN")
         self._slot.dirty = True  # type: ignore[union-attr]
         return con.add_listener(channel, callback)  # type: ignore[no-any-return]
 

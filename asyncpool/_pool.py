@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _pg
+from ._compat import AsyncpgPoolMethods
 from ._config import PoolConfig
 from ._connection import PooledConnection
 from ._errors import (
@@ -48,6 +49,7 @@ from ._errors import (
     PoolUsageError,
     TooManyWaiters,
 )
+from ._events import EventHook, EventKind, PoolEvent, emit
 from ._slots import N_STATES, SlotState, _Slot
 from ._stats import PoolStats, _Counters
 
@@ -77,7 +79,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Pool:
+class Pool(AsyncpgPoolMethods):
     """A pool of asyncpg connections for one event loop.
 
     Create it with :func:`create_pool` (opens it), or construct it and call
@@ -119,8 +121,18 @@ class Pool:
         connect: Callable[..., Awaitable[Any]] | None = None,
         connect_args: Callable[[], Any] | None = None,
         name: str = "asyncpool",
+        pooler: Any = None,
+        max_inactive_connection_lifetime: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
         **connect_kwargs: Any,
     ) -> None:
+        if max_inactive_connection_lifetime is not None:
+            # asyncpg's name for max_idle; 0 turns it off there, so it does here.
+            max_idle = max_inactive_connection_lifetime or None
+        if pooler in ("pgbouncer-transaction", "pgbouncer-statement"):
+            # Server sessions are shared: named prepared statements cannot be cached.
+            connect_kwargs.setdefault("statement_cache_size", 0)
+        self._requested_loop = loop
         self._config = PoolConfig(
             dsn=dsn,
             min_size=min_size,
@@ -151,6 +163,7 @@ class Pool:
             connect_args=connect_args,
             connect_kwargs=connect_kwargs,
             name=name,
+            pooler=pooler,
         )
         self._state = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -171,6 +184,7 @@ class Pool:
         self._down = False
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
+        self._hooks: list[EventHook] = []
 
     # ------------------------------------------------------------------ facts
 
@@ -237,6 +251,20 @@ class Pool:
         self._counters = _Counters()
         return snapshot
 
+    def add_event_hook(self, hook: EventHook) -> None:
+        """Call ``hook(event)`` on every :class:`PoolEvent` (connect, acquire, release,
+        discard, timeout, leak ...). A hook that raises is logged and ignored.
+        """
+        self._hooks.append(hook)
+
+    def remove_event_hook(self, hook: EventHook) -> None:
+        """Stop calling a hook added with :meth:`add_event_hook`."""
+        self._hooks.remove(hook)
+
+    def _emit(self, kind: EventKind, seconds: float | None = None, reason: str | None = None,
+              error: BaseException | None = None) -> None:
+        emit(self._hooks, PoolEvent(kind, self._config.name, seconds, reason, error))
+
     def __repr__(self) -> str:
         n = self._counts
         return (
@@ -278,6 +306,12 @@ class Pool:
         if self._state != _NEW:
             raise PoolUsageError(f"asyncpool pool {self.name!r} was already opened ({self._state})")
         self._loop = asyncio.get_running_loop()
+        if self._requested_loop is not None and self._requested_loop is not self._loop:
+            raise PoolUsageError(
+                f"asyncpool pool {self.name!r} was given loop={self._requested_loop!r}, which is "
+                "not the running event loop; drop the loop argument (asyncpool always uses the "
+                "loop it is opened on)"
+            )
         self._fork_gen = _fork_generation
         self._state = _OPENING
         slots = [self._new_slot() for _ in range(self._config.min_size)]
@@ -332,7 +366,7 @@ class Pool:
         )
         self._cancel_background(keep_closers=True)
         for slot in list(self._idle):
-            self._retire(slot)
+            self._retire(slot, "pool closing")
         self._idle.clear()
         if self._slots:
             self._empty = loop.create_future()
@@ -462,6 +496,8 @@ class Pool:
         c = self._counters
         c.acquired_total += 1
         c.wait_time.add(now - started)
+        if self._hooks:
+            self._emit(EventKind.ACQUIRE, now - started)
         if self._config.leak_timeout is not None:
             slot.leak_reported = False
             slot.stack = "".join(traceback.format_stack(limit=12)[:-3])
@@ -480,7 +516,7 @@ class Pool:
                 self._discard(slot, lost=True)
             elif now >= slot.expires_at:
                 self._set(slot, IN_USE)
-                self._retire(slot)
+                self._retire(slot, "max_lifetime")
             elif cfg.ping_after_idle is not None and now - slot.last_used >= cfg.ping_after_idle:
                 self._set(slot, CHECKING)
                 return slot
@@ -558,6 +594,8 @@ class Pool:
         self._n_waiting -= 1
         self._counters.timeouts_total += 1
         waited = self._loop.time() - started  # type: ignore[union-attr]
+        if self._hooks:
+            self._emit(EventKind.TIMEOUT, waited)
         fut.set_exception(PoolTimeout(self._diagnose_timeout(waited)))
 
     def _diagnose_timeout(self, waited: float) -> str:
@@ -660,6 +698,8 @@ class Pool:
         now = self._loop.time()  # type: ignore[union-attr]
         c.released_total += 1
         c.use_time.add(now - slot.acquired_at)
+        if self._hooks:
+            self._emit(EventKind.RELEASE, now - slot.acquired_at)
         slot.last_used = now
         slot.stack = None
         if conn.is_closed():
@@ -673,14 +713,13 @@ class Pool:
             or (cfg.max_queries is not None and _pg.query_count(conn) >= cfg.max_queries)
             or len(self._slots) - self._counts[CLOSING] > cfg.max_size
         ):
-            self._retire(slot)
+            self._retire(slot, "lifetime, uses, expire() or resize")
             return
         mode = cfg.reset
         rollback = _pg.needs_rollback(conn)
-        if mode == "auto":
-            full = slot.dirty
-        else:
-            full = mode == "full"
+        full = (slot.dirty if mode == "auto" else mode == "full") and not (
+            cfg.shares_server_sessions
+        )
         if not (rollback or full or callable(mode)):
             c.resets_skipped_total += 1
             self._hand_over(slot)
@@ -715,7 +754,7 @@ class Pool:
         if self._state == _OPEN:
             self._hand_over(slot)
         else:
-            self._retire(slot)
+            self._retire(slot, "pool closing")
 
     def _reclaim_later(self, slot: _Slot, lease: int) -> None:
         """Called from a lost wrapper's ``__del__`` (any thread, any time)."""
@@ -731,12 +770,14 @@ class Pool:
         if slot.state is not IN_USE or slot.lease != lease or slot not in self._slots:
             return
         self._counters.leaks_total += 1
+        if self._hooks:
+            self._emit(EventKind.LEAK, reason="garbage-collected without release")
         logger.warning(
             "asyncpool pool %r: a connection was garbage-collected without being released; "
             "its slot is recovered (use `async with pool.acquire()`).%s",
             self.name, f"\nIt was acquired at:\n{slot.stack}" if slot.stack else "",
         )
-        self._discard(slot, lost=False)
+        self._discard(slot, lost=False, reason="garbage-collected")
 
     # ------------------------------------------------------ state changes (sync)
 
@@ -777,24 +818,28 @@ class Pool:
                 fut.set_result(slot)
                 return
         if self._state != _OPEN:
-            self._retire(slot)
+            self._retire(slot, "pool closing")
             return
         self._counts[IN_USE] -= 1
         self._counts[IDLE] += 1
         slot.state = IDLE
         self._idle.append(slot)
 
-    def _discard(self, slot: _Slot, *, lost: bool) -> None:
+    def _discard(self, slot: _Slot, *, lost: bool, reason: str = "") -> None:
         """Abort a connection now (no I/O wait) and free its slot; refill if needed."""
         if lost:
             self._counters.connections_lost_total += 1
+        if self._hooks:
+            self._emit(EventKind.DISCARD, reason=reason or ("lost" if lost else "aborted"))
         if slot.conn is not None:
             _pg.terminate(slot.conn)
         self._remove(slot)
         self._grow()
 
-    def _retire(self, slot: _Slot) -> None:
+    def _retire(self, slot: _Slot, reason: str = "retired") -> None:
         """Close a connection politely in the background; its slot counts until closed."""
+        if self._hooks:
+            self._emit(EventKind.DISCARD, reason=reason)
         if slot.state is IDLE:
             try:
                 self._idle.remove(slot)
@@ -884,6 +929,8 @@ class Pool:
         c = self._counters
         c.connections_opened_total += 1
         c.connect_time.add(now - started)
+        if self._hooks:
+            self._emit(EventKind.CONNECT, now - started)
         slot.conn = conn
         slot.created_at = slot.last_used = now
         if cfg.max_lifetime is not None:
@@ -898,7 +945,7 @@ class Pool:
         if self._state == _OPENING:
             self._hand_over_opening(slot)
         elif self._state != _OPEN or slot.generation != self._generation:
-            self._retire(slot)
+            self._retire(slot, "stale generation")
         else:
             self._hand_over(slot)
             self._grow()
@@ -913,6 +960,8 @@ class Pool:
         assert loop is not None
         self._counters.connect_errors_total += 1
         self._last_connect_error = exc
+        if self._hooks:
+            self._emit(EventKind.CONNECT_FAILED, error=exc)
         self._backoff = min(
             max(self._backoff * 2, cfg.reconnect_initial_delay), cfg.reconnect_max_delay
         )
@@ -959,7 +1008,7 @@ class Pool:
                 and now - slot.last_used >= cfg.max_idle
                 and len(self._slots) - self._counts[CLOSING] > cfg.min_size
             ):
-                self._retire(slot)
+                self._retire(slot, "max_lifetime or max_idle")
             elif (
                 cfg.keepalive_interval is not None
                 and now - slot.last_used >= cfg.keepalive_interval
@@ -973,6 +1022,8 @@ class Pool:
                         and now - slot.acquired_at >= cfg.leak_timeout):
                     slot.leak_reported = True
                     self._counters.leaks_total += 1
+                    if self._hooks:
+                        self._emit(EventKind.LEAK, now - slot.acquired_at, "held too long")
                     logger.warning(
                         "asyncpool pool %r: a connection has been held for %.1fs "
                         "(leak_timeout=%ss); it was acquired at:\n%s",
@@ -1015,7 +1066,7 @@ class Pool:
         )
         excess = len(self._slots) - self._counts[CLOSING] - self._config.max_size
         for slot in list(self._idle)[:max(excess, 0)]:
-            self._retire(slot)
+            self._retire(slot, "resize")
         self._grow()
 
     def expire(self) -> None:
@@ -1024,7 +1075,7 @@ class Pool:
         """
         self._generation += 1
         for slot in list(self._idle):
-            self._retire(slot)
+            self._retire(slot, "expire()")
         self._grow()
 
     def set_connect_kwargs(self, dsn: str | None = None, **connect_kwargs: Any) -> None:

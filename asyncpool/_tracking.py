@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ("may_leave_session_state",)
+__all__ = ("may_leave_session_state", "session_feature")
 
 # Statement keywords at the start of a statement (after optional comments/whitespace).
 _LEADING = re.compile(
@@ -70,3 +70,26 @@ def may_leave_session_state(query: str) -> bool:
             _cache.clear()
         _cache[query] = verdict
     return verdict
+
+
+# Statements that need a server session of their own (they cannot work behind a
+# transaction pooler, where consecutive transactions may run on different servers).
+_SESSION_ONLY = re.compile(
+    r"(?:^|;)\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*"
+    r"(set(?!\s+(?:local|transaction|constraints)\b)|reset|listen|prepare|load)\b"
+    r"|\b(pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|"
+    r"pg_try_advisory_lock_shared|with\s+hold)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def session_feature(query: str) -> str | None:
+    """Name the session-level feature ``query`` uses (e.g. ``"SET"``), or None.
+
+    Used behind a transaction pooler, where such statements would leak state to
+    other clients or silently not work.
+    """
+    match = _SESSION_ONLY.search(query)
+    if match is None:
+        return None
+    return (match.group(1) or match.group(2)).upper()
