@@ -11,7 +11,6 @@ Quick start::
 
 from ._config import PoolConfig
 from ._connection import PooledConnection
-from ._events import EventHook, EventKind, PoolEvent
 from ._errors import (
     ConnectionReleasedError,
     DatabaseUnavailable,
@@ -21,6 +20,7 @@ from ._errors import (
     PoolUsageError,
     TooManyWaiters,
 )
+from ._events import EventHook, EventKind, PoolEvent
 from ._pool import Pool, create_pool
 from ._slots import SlotState
 from ._stats import HISTOGRAM_BOUNDS, PoolStats, TimeSummary
