@@ -409,11 +409,10 @@ class Pool(AsyncpgPoolMethods):
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
+                self._n_waiting -= 1
                 fut.set_exception(error)
-                # The waiter re-raises it; mark retrieved so an already-cancelled
-                # waiter does not log "exception was never retrieved".
+                # Mark it retrieved: a waiter cancelled in this same tick never reads it.
                 fut.exception()
-        self._n_waiting = 0
 
     # ------------------------------------------------------------ acquire
 
@@ -579,12 +578,20 @@ class Pool(AsyncpgPoolMethods):
         """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""
         if isinstance(exc, asyncio.CancelledError):
             self._counters.cancelled_total += 1
-        if not fut.done():
+        if fut.cancelled() or not fut.done():
+            # Task.cancel() cancels the future the task awaits: still counted as waiting.
             fut.cancel()
             self._n_waiting -= 1
-        elif not fut.cancelled() and fut.exception() is None:
+        elif fut.exception() is None:
             # Handed a connection in the same tick as it was cancelled: pass it on.
             self._hand_over(fut.result())
+        # A connection may have gone idle while this dead waiter still counted as
+        # waiting (and so held newcomers back): serve the live waiters from idle now.
+        while self._idle and self._n_waiting:
+            slot = self._idle.pop()
+            self._set(slot, IN_USE)
+            if not self._hand_over(slot):
+                break
         if len(self._waiters) > 2 * self._n_waiting + 64:
             self._waiters = deque(f for f in self._waiters if not f.done())
 
@@ -604,12 +611,13 @@ class Pool(AsyncpgPoolMethods):
         now = self._loop.time()  # type: ignore[union-attr]
         held = [now - s.acquired_at for s in self._slots if s.state is IN_USE]
         oldest = max(held, default=0.0)
+        busy = n[IN_USE] + n[RETURNING] + n[CHECKING]
         if self._last_connect_error is not None and self._down:
             cause = f"the database looks down (last connect error: {self._last_connect_error!r})"
         elif cfg.leak_timeout is not None and oldest > cfg.leak_timeout:
             cause = (f"a borrower has held a connection for {oldest:.1f}s, longer than "
                      f"leak_timeout={cfg.leak_timeout}s: likely a leak (see the leak warning)")
-        elif len(self._slots) >= cfg.max_size:
+        elif busy >= cfg.max_size:
             cause = (f"the pool is at max_size={cfg.max_size} and every connection is busy: "
                      "raise max_size (if the server allows), shorten transactions, or raise "
                      "acquire_timeout")
@@ -808,22 +816,24 @@ class Pool(AsyncpgPoolMethods):
         if self._empty is not None and not self._slots and not self._empty.done():
             self._empty.set_result(None)
 
-    def _hand_over(self, slot: _Slot) -> None:
-        """Give a ready slot (state IN_USE, not lent) to the oldest live waiter, else idle."""
+    def _hand_over(self, slot: _Slot) -> bool:
+        """Give a ready slot (state IN_USE, not lent) to the oldest live waiter (True),
+        else make it idle (False)."""
         waiters = self._waiters
         while waiters:
             fut = waiters.popleft()
             if not fut.done():
                 self._n_waiting -= 1
                 fut.set_result(slot)
-                return
+                return True
         if self._state != _OPEN:
             self._retire(slot, "pool closing")
-            return
+            return False
         self._counts[IN_USE] -= 1
         self._counts[IDLE] += 1
         slot.state = IDLE
         self._idle.append(slot)
+        return False
 
     def _discard(self, slot: _Slot, *, lost: bool, reason: str = "") -> None:
         """Abort a connection now (no I/O wait) and free its slot; refill if needed."""
