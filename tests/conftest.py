@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -44,3 +45,32 @@ async def settle(rounds: int = 5) -> None:
     """Let callbacks and woken tasks run (a few loop iterations, no wall-clock wait)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+def pytest_configure(config: Any) -> None:
+    if os.environ.get("ASYNCPOOL_TEST_LOOP") == "debug":
+        config.option.asyncio_debug = True  # pytest-asyncio's --asyncio-debug
+
+
+def _eager_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    return loop
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """Run the suite on the loop named by ASYNCPOOL_TEST_LOOP (asyncio, uvloop, debug, eager)."""
+    kind = os.environ.get("ASYNCPOOL_TEST_LOOP", "asyncio")
+    if kind == "uvloop":
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    if kind == "debug":
+        return {"debug": asyncio.new_event_loop}  # debug mode: see pytest_configure
+    if kind == "eager":
+        if not hasattr(asyncio, "eager_task_factory"):
+            raise pytest.UsageError("ASYNCPOOL_TEST_LOOP=eager needs Python 3.12+")
+        return {"eager": _eager_loop}
+    if kind != "asyncio":
+        raise pytest.UsageError(f"unknown ASYNCPOOL_TEST_LOOP={kind!r}")
+    return {"asyncio": asyncio.new_event_loop}
