@@ -49,14 +49,17 @@ BUDGET_POLICIES: tuple[str, ...] = ("warn", "refuse", "off")
 _BudgetError = PoolError
 
 # One round trip. ``reserved_connections`` exists from PostgreSQL 16 (NULL before).
-# pg_stat_activity lists every backend to every role (only the details of other
-# roles' sessions are hidden), so the count is right for non-superusers too.
+# pg_stat_activity lists every backend to every role, but hides ``backend_type`` of
+# other roles' sessions from roles without pg_read_all_stats; such a row counts as a
+# client when it has a database and a user (background processes lack one or both;
+# other roles' parallel or logical-replication workers would be counted too).
 _FACTS_SQL = """
 SELECT current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int,
        coalesce(current_setting('reserved_connections', true)::int, 0),
        (SELECT count(*)::int FROM pg_catalog.pg_stat_activity
-         WHERE backend_type = 'client backend'),
+         WHERE backend_type = 'client backend'
+            OR (backend_type IS NULL AND datid IS NOT NULL AND usesysid IS NOT NULL)),
        current_setting('server_version_num')::int
 """
 
