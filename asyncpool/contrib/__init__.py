@@ -1,3 +1,13 @@
-"""Optional integrations (metrics exporters, framework helpers); each needs its extra."""
+"""Optional integrations (metrics exporters, framework helpers); each needs its extra.
+
+Each lives in its own module, so importing one costs nothing else:
+
+* :mod:`asyncpool.contrib.starlette`: the pool's lifespan, health endpoints and a
+  cancel-on-disconnect middleware for Starlette applications (extra ``fastapi``).
+* :mod:`asyncpool.contrib.fastapi`: the same, plus dependencies that lend a connection
+  (or a transaction) per request (extra ``fastapi``).
+* :mod:`asyncpool.contrib.workers`: pool sizing and graceful shutdown for worker
+  processes (no extra).
+"""
 
 __all__ = ()
