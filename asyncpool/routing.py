@@ -24,11 +24,14 @@ replicas that are up, and falls back to the primary when none is:
   query fails, the pool replaces the connection, and the next read is routed
   anew. Reads that must not fail retry once.
 
-:class:`RoleWatcher` checks, every ``interval`` seconds, whether a pool's server
-still has the role it should (``pg_is_in_recovery()``), and calls
+Both a promoted replica and a primary fenced read-only keep their connections, so
+no pool health check notices them. :class:`RoleWatcher` checks, every ``interval``
+seconds, whether a pool's server still has the role it should (in recovery or
+read-only, or neither), and calls
 :meth:`Pool.expire <asyncpool.Pool.expire>` when it has not. With a multi-host DSN
 and ``target_session_attrs=read-write`` that moves the pool to the new primary
-after a failover in which the old primary stays reachable as a standby.
+after a failover in which the old primary stays reachable (as a standby, or
+fenced with ``default_transaction_read_only``).
 """
 
 from __future__ import annotations
@@ -55,12 +58,22 @@ logger = logging.getLogger("asyncpool")
 Role = Literal["primary", "standby"]
 """The role a :class:`RoleWatcher` expects of a server."""
 
+# A server is a "primary" when it accepts writes: not in recovery and not read-only
+# by default (the test asyncpg applies for target_session_attrs=read-write).
+_ROLE_SQL = (
+    "SELECT pg_catalog.pg_is_in_recovery(), "
+    "pg_catalog.current_setting('default_transaction_read_only') = 'on'"
+)
+
 
 class RoleWatcher:
     """Periodically check a pool's server role; react when it changed.
 
-    Every ``interval`` seconds it borrows a connection (deadline ``timeout``) and
-    runs ``SELECT pg_is_in_recovery()``. When the answer does not match ``expect``,
+    Every ``interval`` seconds it borrows a connection (deadline ``timeout``) and asks
+    the server ``pg_is_in_recovery()`` and ``default_transaction_read_only``: a server
+    that accepts writes is a ``"primary"``, any other a ``"standby"`` (the test
+    asyncpg applies for ``target_session_attrs=read-write``). When that does not match
+    ``expect``,
     it calls ``on_mismatch()`` (default: ``pool.expire()``, so that every
     connection is replaced and a multi-host DSN picks the right server again) and
     logs a warning. Failed checks (the server is down, the pool is busy) are
@@ -121,13 +134,12 @@ class RoleWatcher:
         """Check once now; return the role seen (``None`` if the check failed)."""
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
-                in_recovery = await conn.fetchval(
-                    "SELECT pg_catalog.pg_is_in_recovery()", timeout=self._timeout
-                )
+                row = await conn.fetchrow(_ROLE_SQL, timeout=self._timeout)
+                in_recovery, read_only = row[0], row[1]
         except Exception as exc:  # pool errors, asyncpg's errors, OSError, timeouts
             logger.debug("asyncpool pool %r: role check failed: %r", self._pool.name, exc)
             return None
-        role: Role = "standby" if in_recovery else "primary"
+        role: Role = "standby" if in_recovery or read_only else "primary"
         self.checks_total += 1
         self.last_role = role
         if role != self._expect:

@@ -15,10 +15,11 @@ at interpreter exit, or by their watchdogs if this process dies.
 from __future__ import annotations
 
 import asyncio
-import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -72,28 +73,25 @@ class ReplicaServer(PostgresServer):
                                    f"{timeout}s\n{self._log_tail()}")
             time.sleep(0.05)
 
-    def _create_cluster(self) -> None:
-        # Let the harness make the temporary directory, port, watchdog and run-as user
-        # (its initdb is quick), then replace the data directory with a base backup.
-        super()._create_cluster()
-        try:
-            shutil.rmtree(self.data_dir)
-            self._run(
-                [
-                    str(self._resolve_bin() / "pg_basebackup"),
-                    "-D", str(self.data_dir),
-                    "-h", self._primary.host,
-                    "-p", str(self._primary.port),
-                    "-U", self._primary.user,
-                    "-X", "stream",
-                    "-c", "fast",
-                    "-R",
-                    "--no-sync",
-                ]
-            )
-        except BaseException:
-            self.close(mode="immediate")
-            raise
+    def _run(self, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # The harness creates a cluster (temporary directory, port, watchdog, run-as
+        # user) with one ``initdb`` run; a replica gets its data directory from a base
+        # backup of the primary instead. (Should the harness stop running initdb
+        # through here, the replica would be a plain server and wait_streaming fails.)
+        if args and Path(args[0]).name == "initdb" and "-D" in args:
+            data_dir = args[args.index("-D") + 1]
+            args = [
+                str(Path(args[0]).with_name("pg_basebackup")),
+                "-D", data_dir,
+                "-h", self._primary.host,
+                "-p", str(self._primary.port),
+                "-U", self._primary.user,
+                "-X", "stream",
+                "-c", "fast",
+                "-R",
+                "--no-sync",
+            ]
+        return super()._run(args, check=check)
 
 
 class ReplicatedPostgres:
