@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from asyncpg.connection import _ConnectionProxy
+
 from ._errors import ConnectionReleasedError, PoolUsageError
 from ._tracking import _cache as _verdicts
 from ._tracking import may_leave_session_state, session_feature
@@ -28,8 +30,9 @@ logger = logging.getLogger("asyncpool")
 _Coro = Coroutine[Any, Any, Any]
 
 
-class PooledConnection:
-    """A connection lent by an asyncpool :class:`Pool`; behaves like ``asyncpg.Connection``.
+class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
+    """A connection lent by an asyncpool :class:`Pool`; behaves like ``asyncpg.Connection``
+    (``isinstance(conn, asyncpg.Connection)`` is true, as for asyncpg's own pool).
 
     Use it only between acquire and release. Statements that may change session
     state are noticed so that release can reset exactly when needed.

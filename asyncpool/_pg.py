@@ -22,6 +22,7 @@ from ._config import PoolConfig
 __all__ = (
     "FULL_RESET_SQL",
     "close_gracefully",
+    "forget_listeners",
     "is_broken",
     "needs_rollback",
     "open_connection",
@@ -90,11 +91,15 @@ def needs_rollback(conn: Any) -> bool:
     """True when the connection holds an open or failed transaction, or is still
     cancelling a query (all local protocol state, no I/O).
     """
-    if conn.is_in_transaction() or getattr(conn, "_top_xact", None) is not None:
-        return True
-    protocol = getattr(conn, "_protocol", None)
-    cancelling = getattr(protocol, "_is_cancelling", None)
-    return bool(cancelling is not None and cancelling())
+    try:
+        protocol = conn._protocol
+        return bool(
+            protocol.is_in_transaction()
+            or conn._top_xact is not None
+            or protocol._is_cancelling()
+        )
+    except AttributeError:  # not an asyncpg connection (e.g. a test double)
+        return bool(conn.is_in_transaction() or getattr(conn, "_top_xact", None) is not None)
 
 
 def query_count(conn: Any) -> int:
@@ -120,7 +125,8 @@ async def _rollback(conn: Any) -> None:
         await conn.execute("ROLLBACK")
 
 
-def _forget_listeners(conn: Any) -> None:
+def forget_listeners(conn: Any) -> None:
+    """Drop asyncpg's client-side listener callbacks (no I/O)."""
     for name in ("_listeners", "_log_listeners"):
         registry = getattr(conn, name, None)
         if registry is not None:
@@ -137,7 +143,7 @@ async def reset_connection(conn: Any, *, full: bool, rollback: bool) -> None:
     if rollback:
         await _rollback(conn)
     if full:
-        _forget_listeners(conn)
+        forget_listeners(conn)
         await conn.execute(FULL_RESET_SQL)
 
 

@@ -32,8 +32,11 @@ import os
 import random
 import traceback
 import weakref
+from _thread import get_ident
+from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
+from time import monotonic as _now
 from types import TracebackType
 from typing import Any
 
@@ -124,6 +127,7 @@ class Pool(AsyncpgPoolMethods):
         pooler: Any = None,
         max_inactive_connection_lifetime: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        init_size: int | None = None,
         **connect_kwargs: Any,
     ) -> None:
         if max_inactive_connection_lifetime is not None:
@@ -133,6 +137,8 @@ class Pool(AsyncpgPoolMethods):
             # Server sessions are shared: named prepared statements cannot be cached.
             connect_kwargs.setdefault("statement_cache_size", 0)
         self._requested_loop = loop
+        # asyncpg 0.32's init_size: connections opened by open() (min_size..max_size).
+        self._init_size = min_size if init_size is None else init_size
         self._config = PoolConfig(
             dsn=dsn,
             min_size=min_size,
@@ -165,8 +171,14 @@ class Pool(AsyncpgPoolMethods):
             name=name,
             pooler=pooler,
         )
+        if not (isinstance(self._init_size, int) and min_size <= self._init_size <= max_size):
+            raise ValueError(
+                f"init_size must be an integer between min_size ({min_size}) and max_size "
+                f"({max_size}), got {init_size!r}"
+            )
         self._state = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
         self._fork_gen = _fork_generation
         self._slots: set[_Slot] = set()
         self._counts = [0] * N_STATES
@@ -185,6 +197,18 @@ class Pool(AsyncpgPoolMethods):
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._hooks: list[EventHook] = []
+        self._apply_config()
+
+    def _apply_config(self) -> None:
+        """Cache the settings the hot path reads (plain attributes, no lookups)."""
+        cfg = self._config
+        self._ping_after = float("inf") if cfg.ping_after_idle is None else cfg.ping_after_idle
+        self._max_uses = cfg.max_uses
+        self._max_queries = cfg.max_queries
+        self._max_size = cfg.max_size
+        self._setup = cfg.setup
+        self._leak_timeout = cfg.leak_timeout
+        self._auto_reset = cfg.reset == "auto" and not cfg.shares_server_sessions
 
     # ------------------------------------------------------------------ facts
 
@@ -240,7 +264,7 @@ class Pool(AsyncpgPoolMethods):
             pings_total=c.pings_total,
             pings_failed_total=c.pings_failed_total,
             leaks_total=c.leaks_total,
-            wait_time=c.wait_time.snapshot(),
+            wait_time=c.wait_time.snapshot(c.immediate_total),
             use_time=c.use_time.snapshot(),
             connect_time=c.connect_time.snapshot(),
         )
@@ -306,6 +330,7 @@ class Pool(AsyncpgPoolMethods):
         if self._state != _NEW:
             raise PoolUsageError(f"asyncpool pool {self.name!r} was already opened ({self._state})")
         self._loop = asyncio.get_running_loop()
+        self._thread = get_ident()
         if self._requested_loop is not None and self._requested_loop is not self._loop:
             raise PoolUsageError(
                 f"asyncpool pool {self.name!r} was given loop={self._requested_loop!r}, which is "
@@ -314,7 +339,7 @@ class Pool(AsyncpgPoolMethods):
             )
         self._fork_gen = _fork_generation
         self._state = _OPENING
-        slots = [self._new_slot() for _ in range(self._config.min_size)]
+        slots = [self._new_slot() for _ in range(self._init_size)]
         tasks = [self._spawn(self._connect(slot)) for slot in slots]
         try:
             if tasks:
@@ -465,39 +490,52 @@ class Pool(AsyncpgPoolMethods):
 
     def _try_acquire(self) -> PooledConnection | None:
         """The hot path: lend the most recently used idle connection if it needs no check."""
-        if self._state != _OPEN:
+        if self._state is not _OPEN:
             raise self._refuse()
-        loop = self._check_loop()
+        if _get_running_loop() is not self._loop or self._fork_gen != _fork_generation:
+            self._check_loop()
         idle = self._idle
         if not idle or self._n_waiting:
             return None
         slot = idle[-1]
-        now = loop.time()
+        now = _now()
         if (
             now >= slot.expires_at
+            or now - slot.last_used >= self._ping_after
             or slot.conn.is_closed()
-            or (self._config.ping_after_idle is not None
-                and now - slot.last_used >= self._config.ping_after_idle)
         ):
             return None
         idle.pop()
-        self._counts[IDLE] -= 1
-        self._counts[IN_USE] += 1
+        counts = self._counts
+        counts[IDLE] -= 1
+        counts[IN_USE] += 1
         slot.state = IN_USE
-        return self._lend(slot, now, now)
-
-    def _lend(self, slot: _Slot, now: float, started: float) -> PooledConnection:
-        """Turn an IN_USE-reserved slot into a lease (sync)."""
         slot.uses += 1
         slot.lease += 1
         slot.acquired_at = now
         slot.dirty = False
         c = self._counters
         c.acquired_total += 1
-        c.wait_time.add(now - started)
+        c.immediate_total += 1
         if self._hooks:
-            self._emit(EventKind.ACQUIRE, now - started)
-        if self._config.leak_timeout is not None:
+            self._emit(EventKind.ACQUIRE, 0.0)
+        if self._leak_timeout is not None:
+            slot.leak_reported = False
+            slot.stack = "".join(traceback.format_stack(limit=12)[:-2])
+        return PooledConnection(self, slot)
+
+    def _lend(self, slot: _Slot, waited: float) -> PooledConnection:
+        """Turn an IN_USE-reserved slot into a lease after a wait (sync)."""
+        slot.uses += 1
+        slot.lease += 1
+        slot.acquired_at = _now()
+        slot.dirty = False
+        c = self._counters
+        c.acquired_total += 1
+        c.wait_time.add(waited)
+        if self._hooks:
+            self._emit(EventKind.ACQUIRE, waited)
+        if self._leak_timeout is not None:
             slot.leak_reported = False
             slot.stack = "".join(traceback.format_stack(limit=12)[:-3])
         return PooledConnection(self, slot)
@@ -535,12 +573,12 @@ class Pool(AsyncpgPoolMethods):
         while True:
             if self._state != _OPEN:
                 raise self._refuse()
-            slot = None if self._n_waiting else self._take_idle(loop.time())
+            slot = None if self._n_waiting else self._take_idle(_now())
             if slot is None:
                 slot = await self._wait(loop, started, deadline)
             elif slot.state is CHECKING and not await self._check(slot, started, deadline):
                 continue
-            return self._lend(slot, loop.time(), started)
+            return self._lend(slot, loop.time() - started)
 
     async def _wait(
         self, loop: asyncio.AbstractEventLoop, started: float, deadline: float
@@ -603,12 +641,14 @@ class Pool(AsyncpgPoolMethods):
         waited = self._loop.time() - started  # type: ignore[union-attr]
         if self._hooks:
             self._emit(EventKind.TIMEOUT, waited)
-        fut.set_exception(PoolTimeout(self._diagnose_timeout(waited)))
+        error = PoolTimeout(self._diagnose_timeout(waited))
+        error.__cause__ = self._last_connect_error
+        fut.set_exception(error)
 
     def _diagnose_timeout(self, waited: float) -> str:
         n = self._counts
         cfg = self._config
-        now = self._loop.time()  # type: ignore[union-attr]
+        now = _now()
         held = [now - s.acquired_at for s in self._slots if s.state is IN_USE]
         oldest = max(held, default=0.0)
         busy = n[IN_USE] + n[RETURNING] + n[CHECKING]
@@ -659,7 +699,7 @@ class Pool(AsyncpgPoolMethods):
             self._discard(slot, lost=True)
             return False
         self._set(slot, IN_USE)
-        slot.last_used = loop.time()
+        slot.last_used = _now()
         return True
 
     async def _run_setup(self, conn: PooledConnection) -> None:
@@ -681,55 +721,75 @@ class Pool(AsyncpgPoolMethods):
         self._release_nowait(connection, timeout)
 
     def _release_nowait(self, conn: PooledConnection, timeout: float | None = None) -> None:
-        slot = conn._slot
+        try:
+            slot = conn._slot
+        except AttributeError:
+            raise PoolUsageError(
+                f"release() takes a connection lent by asyncpool pool {self.name!r}, "
+                f"got {conn!r}"
+            ) from None
         if slot is None:
+            if conn._pool is self:
+                return  # released twice: harmless, as in asyncpg
             raise ConnectionReleasedError(
-                f"this connection was already released to asyncpool pool {self.name!r}"
+                f"this connection was already released to asyncpool pool {conn._pool.name!r}"
             )
         if conn._pool is not self:
             raise PoolUsageError(
                 f"this connection belongs to asyncpool pool {conn._pool.name!r}, "
                 f"not {self.name!r}"
             )
-        if self._state != _CLOSED:
+        if (
+            get_ident() != self._thread or self._fork_gen != _fork_generation
+        ) and self._state is not _CLOSED:
             self._check_loop()
-        conn._detach()
-        self._on_returned(slot, timeout)
-
-    def _on_returned(self, slot: _Slot, timeout: float | None) -> None:
-        """Decide what a returned connection needs; no await (I/O goes to a task)."""
+        conn._con = None
+        conn._slot = None
         if slot.state is not IN_USE:  # terminated while lent (pool.terminate)
             return
-        cfg = self._config
+        now = _now()
         c = self._counters
-        conn = slot.conn
-        now = self._loop.time()  # type: ignore[union-attr]
         c.released_total += 1
         c.use_time.add(now - slot.acquired_at)
         if self._hooks:
             self._emit(EventKind.RELEASE, now - slot.acquired_at)
         slot.last_used = now
         slot.stack = None
-        if conn.is_closed():
+        raw = slot.conn
+        if raw.is_closed():
             self._discard(slot, lost=True)
             return
+        try:
+            # Invalidate asyncpg PreparedStatement/cursor objects made during the lease.
+            raw._pool_release_ctr += 1
+        except AttributeError:
+            pass
         if (
-            self._state != _OPEN
+            self._state is not _OPEN
             or now >= slot.expires_at
             or slot.generation != self._generation
-            or (cfg.max_uses is not None and slot.uses >= cfg.max_uses)
-            or (cfg.max_queries is not None and _pg.query_count(conn) >= cfg.max_queries)
-            or len(self._slots) - self._counts[CLOSING] > cfg.max_size
+            or (self._max_uses is not None and slot.uses >= self._max_uses)
+            or (self._max_queries is not None and _pg.query_count(raw) >= self._max_queries)
+            or len(self._slots) - self._counts[CLOSING] > self._max_size
         ):
             self._retire(slot, "lifetime, uses, expire() or resize")
             return
+        rollback = _pg.needs_rollback(raw)
+        if self._auto_reset and not slot.dirty and not rollback:
+            c.resets_skipped_total += 1
+            self._hand_over(slot)
+            return
+        self._on_returned_slow(slot, rollback, timeout)
+
+    def _on_returned_slow(self, slot: _Slot, rollback: bool, timeout: float | None) -> None:
+        """A returned connection that may need a reset, by the configured mode."""
+        cfg = self._config
         mode = cfg.reset
-        rollback = _pg.needs_rollback(conn)
         full = (slot.dirty if mode == "auto" else mode == "full") and not (
             cfg.shares_server_sessions
         )
         if not (rollback or full or callable(mode)):
-            c.resets_skipped_total += 1
+            self._counters.resets_skipped_total += 1
             self._hand_over(slot)
             return
         if mode == "none":
@@ -746,6 +806,7 @@ class Pool(AsyncpgPoolMethods):
             async with asyncio.timeout(budget):
                 await _pg.reset_connection(slot.conn, full=full, rollback=rollback)
                 if callable(mode):
+                    _pg.forget_listeners(slot.conn)
                     await mode(slot.conn)
         except asyncio.CancelledError:
             self._set(slot, IN_USE)
@@ -818,7 +879,8 @@ class Pool(AsyncpgPoolMethods):
 
     def _hand_over(self, slot: _Slot) -> bool:
         """Give a ready slot (state IN_USE, not lent) to the oldest live waiter (True),
-        else make it idle (False)."""
+        else make it idle (False).
+        """
         waiters = self._waiters
         while waiters:
             fut = waiters.popleft()
@@ -935,12 +997,12 @@ class Pool(AsyncpgPoolMethods):
             self._remove(slot)
             self._on_connect_failed(exc, init_failed=conn is not None)
             return
-        now = loop.time()
+        now = _now()
         c = self._counters
         c.connections_opened_total += 1
-        c.connect_time.add(now - started)
+        c.connect_time.add(loop.time() - started)
         if self._hooks:
-            self._emit(EventKind.CONNECT, now - started)
+            self._emit(EventKind.CONNECT, loop.time() - started)
         slot.conn = conn
         slot.created_at = slot.last_used = now
         if cfg.max_lifetime is not None:
@@ -1006,7 +1068,7 @@ class Pool(AsyncpgPoolMethods):
         cfg = self._config
         loop = self._loop
         assert loop is not None
-        now = loop.time()
+        now = _now()
         # Oldest-returned first: the deque's left end has been idle longest.
         for slot in list(self._idle):
             if slot.conn.is_closed():
@@ -1057,7 +1119,7 @@ class Pool(AsyncpgPoolMethods):
             self._set(slot, IN_USE)
             self._discard(slot, lost=True)
             return
-        slot.last_used = self._loop.time()  # type: ignore[union-attr]
+        slot.last_used = _now()
         self._set(slot, IN_USE)
         self._hand_over(slot)
 
@@ -1074,6 +1136,7 @@ class Pool(AsyncpgPoolMethods):
             min_size=self._config.min_size if min_size is None else min_size,
             max_size=self._config.max_size if max_size is None else max_size,
         )
+        self._apply_config()
         excess = len(self._slots) - self._counts[CLOSING] - self._config.max_size
         for slot in list(self._idle)[:max(excess, 0)]:
             self._retire(slot, "resize")
@@ -1092,7 +1155,10 @@ class Pool(AsyncpgPoolMethods):
         """Use new connection arguments for connections opened from now on."""
         import dataclasses
 
+        if self._config.shares_server_sessions:
+            connect_kwargs.setdefault("statement_cache_size", 0)
         self._config = dataclasses.replace(self._config, dsn=dsn, connect_kwargs=connect_kwargs)
+        self._apply_config()
 
 
 async def _maintain(pool_ref: weakref.ref[Pool], interval: float) -> None:
@@ -1127,7 +1193,7 @@ class _AcquireContext:
         conn = pool._try_acquire()
         if conn is None:
             conn = await pool._acquire_slow(self._timeout)
-        if pool._config.setup is not None:
+        if pool._setup is not None:
             await pool._run_setup(conn)
         self._conn = conn
         return conn

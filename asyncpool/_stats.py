@@ -53,8 +53,11 @@ class _Recorder:
             self.max = seconds
         self.buckets[bisect_left(HISTOGRAM_BOUNDS, seconds)] += 1
 
-    def snapshot(self) -> TimeSummary:
-        return TimeSummary(self.count, self.sum, self.max, tuple(self.buckets))
+    def snapshot(self, zeros: int = 0) -> TimeSummary:
+        """Freeze, adding ``zeros`` durations of 0 s (counted apart on the hot path)."""
+        buckets = list(self.buckets)
+        buckets[0] += zeros
+        return TimeSummary(self.count + zeros, self.sum, self.max, tuple(buckets))
 
 
 class _Counters:
@@ -63,6 +66,7 @@ class _Counters:
     __slots__ = (
         "acquired_total",
         "cancelled_total",
+        "immediate_total",
         "connect_errors_total",
         "connect_time",
         "connections_closed_total",
@@ -83,6 +87,7 @@ class _Counters:
 
     def __init__(self) -> None:
         self.acquired_total = 0
+        self.immediate_total = 0
         self.released_total = 0
         self.timeouts_total = 0
         self.cancelled_total = 0

@@ -152,7 +152,6 @@ def test_create_pool_accepts_asyncpgs_arguments() -> None:
 async def test_init_size_is_accepted(
     make_pool: MakePool, impl: str, request: pytest.FixtureRequest
 ) -> None:
-    xfail_on_asyncpool(request, impl, "core: init_size (asyncpg 0.32) goes to asyncpg.connect")
     pool = await make_pool(init_size=2, min_size=1, max_size=3)
     assert pool.get_size() == 2
 
@@ -259,8 +258,6 @@ async def test_released_connection_refuses_use(make_pool: MakePool, impl: str) -
 async def test_prepared_statement_refuses_use_after_release(
     make_pool: MakePool, impl: str, request: pytest.FixtureRequest
 ) -> None:
-    xfail_on_asyncpool(request, impl, "core: release does not bump the connection's "
-                       "_pool_release_ctr, so statements and cursors outlive the lease")
     pool = await make_pool(min_size=1, max_size=1)
     async with pool.acquire() as con:
         stmt = await con.prepare("SELECT 1")
@@ -271,7 +268,6 @@ async def test_prepared_statement_refuses_use_after_release(
 async def test_release_twice_is_harmless(
     make_pool: MakePool, impl: str, request: pytest.FixtureRequest
 ) -> None:
-    xfail_on_asyncpool(request, impl, "core: a second release raises ConnectionReleasedError")
     pool = await make_pool(min_size=1, max_size=1)
     con = await pool.acquire()
     await pool.release(con)
@@ -286,8 +282,6 @@ async def test_release_of_a_foreign_connection_is_refused(
     async with other.acquire() as con:
         with pytest.raises((asyncpg.InterfaceError, asyncpool.PoolError)):
             await pool.release(con)
-    xfail_on_asyncpool(request, impl, "core: release(<asyncpg.Connection>) raises "
-                       "AttributeError, not PoolUsageError")
     async with pool.acquire() as con:
         with pytest.raises((asyncpg.InterfaceError, asyncpool.PoolError)):
             await pool.release(raw(con))
@@ -296,8 +290,6 @@ async def test_release_of_a_foreign_connection_is_refused(
 async def test_pooled_connection_is_an_asyncpg_connection(
     make_pool: MakePool, impl: str, request: pytest.FixtureRequest
 ) -> None:
-    xfail_on_asyncpool(request, impl, "core: PooledConnection is not a "
-                       "asyncpg.connection._ConnectionProxy")
     pool = await make_pool(min_size=1, max_size=1)
     async with pool.acquire() as con:
         assert isinstance(con, asyncpg.Connection)
@@ -755,8 +747,6 @@ async def test_release_returns_before_the_reset(postgres_dsn: str) -> None:
             assert await con.fetchval("SHOW application_name") != "compat-dirty"
 
 
-@pytest.mark.xfail(strict=True, reason="core: with a callable reset, release keeps the "
-                   "borrower's listener callbacks (asyncpg's _reset() clears them first)")
 async def test_callable_reset_drops_listener_callbacks(postgres_dsn: str) -> None:
     async def reset(con: Any) -> None:
         await con.execute("UNLISTEN *")

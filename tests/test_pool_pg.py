@@ -265,9 +265,12 @@ async def test_terminated_backend_is_discarded_on_release(postgres_dsn: str) -> 
         async with pool.acquire() as conn:
             pid = conn.get_server_pid()
             await killer.execute("SELECT pg_terminate_backend($1)", pid)
+            # asyncpg reports the server's goodbye as a connection error, or, when the
+            # goodbye is still being read, as an InternalClientError.
             with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                                ConnectionError)):
+                                asyncpg.exceptions.InternalClientError, ConnectionError)):
                 await conn.fetchval("SELECT pg_sleep(0.05)")
+            await asyncio.sleep(0.05)
         stats = pool.stats()
         assert stats.connections_lost_total == 1
         async with pool.acquire(timeout=5) as conn:
