@@ -52,10 +52,23 @@ async def backends(dsn: str, name: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetch(
-            "SELECT pid, state, query FROM pg_stat_activity WHERE application_name = $1", name
+            "SELECT pid, state, wait_event FROM pg_stat_activity WHERE application_name = $1",
+            name,
         )
     finally:
         await conn.close()
+
+
+async def sleeping(dsn: str, name: str) -> None:
+    """Wait until a backend of ``name`` is inside pg_sleep: a cancel request that reaches
+    the server before the backend has read the query is ignored by PostgreSQL.
+    """
+
+    async def in_sleep() -> bool:
+        rows = await backends(dsn, name)
+        return any(r["wait_event"] == "PgSleep" for r in rows)
+
+    await eventually(in_sleep, f"a backend of {name} runs pg_sleep")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 5.0):
@@ -260,6 +273,7 @@ async def test_connection_returned_when_request_cancelled(postgres_dsn: str):
     async with client_for(app) as client:
         request = asyncio.create_task(client.get("/slow"))
         await asyncio.wait_for(started.wait(), 5)
+        await sleeping(postgres_dsn, name)
         assert get_pool_stats(app).in_use == 1
         request.cancel()  # ASGITransport runs the app in this task: the handler is cancelled
         with pytest.raises(asyncio.CancelledError):
@@ -444,6 +458,7 @@ async def test_client_disconnect_mid_transaction_under_uvicorn(postgres_dsn: str
         writer.write(b"POST /slow HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         await asyncio.wait_for(started.wait(), 5)
+        await sleeping(postgres_dsn, name)
         assert pool.stats().in_use == 1
         writer.close()  # the client hangs up mid-request
         await writer.wait_closed()

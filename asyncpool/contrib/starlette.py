@@ -267,7 +267,7 @@ async def check_readiness(
             await conn.fetchval(query, timeout=remaining)
     except (PoolTimeout, TooManyWaiters) as exc:
         stats = pool.stats()
-        if stats.in_use > 0 and stats.size >= stats.max_size:
+        if stats.in_use >= stats.max_size:  # every connection is lent out
             if saturated_is_ready:
                 return report(True, "saturated", f"every connection is in use: {exc}")
             return report(False, "saturated", f"every connection is in use: {exc}")
