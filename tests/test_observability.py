@@ -154,7 +154,7 @@ async def test_otel_follows_the_connection_pool_semantic_conventions(postgres_ds
         for point, summary in ((wait, stats.wait_time), (use, stats.use_time),
                                (create, stats.connect_time)):
             assert point.count == summary.count
-            assert point.sum == pytest.approx(summary.sum)
+            assert point.sum == pytest.approx(summary.sum, abs=1e-3)  # timed apart
             assert tuple(point.explicit_bounds) == HISTOGRAM_BOUNDS
             assert tuple(point.bucket_counts) == summary.buckets
 
