@@ -197,6 +197,8 @@ class Pool(AsyncpgPoolMethods):
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._hooks: list[EventHook] = []
+        self._lost_logged_at = float("-inf")
+        self._lost_in_burst = 0
         self._apply_config()
 
     def _apply_config(self) -> None:
@@ -681,6 +683,8 @@ class Pool(AsyncpgPoolMethods):
             self._set(slot, IN_USE)
             self._hand_over(slot)
             self._counters.timeouts_total += 1
+            if self._hooks:
+                self._emit(EventKind.TIMEOUT, loop.time() - started)
             raise PoolTimeout(self._diagnose_timeout(loop.time() - started))
         self._counters.pings_total += 1
         try:
@@ -901,12 +905,25 @@ class Pool(AsyncpgPoolMethods):
         """Abort a connection now (no I/O wait) and free its slot; refill if needed."""
         if lost:
             self._counters.connections_lost_total += 1
+            self._log_lost()
         if self._hooks:
             self._emit(EventKind.DISCARD, reason=reason or ("lost" if lost else "aborted"))
         if slot.conn is not None:
             _pg.terminate(slot.conn)
         self._remove(slot)
         self._grow()
+
+    def _log_lost(self) -> None:
+        """One WARNING per burst of lost connections (a restart loses them all at once)."""
+        now = _now()
+        self._lost_in_burst += 1
+        if now - self._lost_logged_at >= 5.0:
+            logger.warning(
+                "asyncpool pool %r: lost %d connection(s) (closed by the server or broken); "
+                "replacing them", self.name, self._lost_in_burst,
+            )
+            self._lost_logged_at = now
+            self._lost_in_burst = 0
 
     def _retire(self, slot: _Slot, reason: str = "retired") -> None:
         """Close a connection politely in the background; its slot counts until closed."""
@@ -998,11 +1015,12 @@ class Pool(AsyncpgPoolMethods):
             self._on_connect_failed(exc, init_failed=conn is not None)
             return
         now = _now()
+        elapsed = loop.time() - started
         c = self._counters
         c.connections_opened_total += 1
-        c.connect_time.add(loop.time() - started)
+        c.connect_time.add(elapsed)
         if self._hooks:
-            self._emit(EventKind.CONNECT, loop.time() - started)
+            self._emit(EventKind.CONNECT, elapsed)
         slot.conn = conn
         slot.created_at = slot.last_used = now
         if cfg.max_lifetime is not None:
