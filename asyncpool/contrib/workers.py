@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 __all__ = ("per_process_size", "stop_on_signals")
 
@@ -63,17 +64,20 @@ def stop_on_signals(
 
     Use it in a worker's ``main()`` on the running event loop: stop taking new work
     once the event is set, let in-flight work finish, then close the pool. The
-    handlers are removed on exit (the signals' default action applies again).
+    handlers are removed on exit and the previous ones restored.
     Unix only (``loop.add_signal_handler``).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    installed: list[signal.Signals] = []
+    installed: list[tuple[signal.Signals, Any]] = []
     try:
         for sig in signals:
+            previous = signal.getsignal(sig)
             loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+            installed.append((sig, previous))
         yield stop
     finally:
-        for sig in installed:
+        for sig, previous in reversed(installed):
             loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)
