@@ -16,9 +16,12 @@ Workloads:
   * ``io-2ms``: ``SELECT pg_sleep(0.002)`` - a statement that waits 2 ms on the
     server (like a short disk or lock wait) without using CPU; shows what a small
     server-side pool does to concurrency.
+  * ``io-2ms-skewed``: the same, but one process is busy (``--concurrency`` tasks)
+    and the others nearly idle (one task each): shrunk pools strand server
+    connections in idle processes, PgBouncer lends them to the busy one.
 
 Usage:  python benchmarks/pgbouncer_scale.py [--duration 6] [--output PATH]
-Bounded: about 2 workloads x 3 paths x (duration + 4) s plus server start (~60 s).
+Bounded: 8 runs x (duration + ~3.5) s plus server start (about 60 s).
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ import asyncpool
 from asyncpool.testing import PostgresServer
 from asyncpool.testing._pgbouncer import PgBouncer, find_pgbouncer, pgbouncer_version
 
+# name: (statement, takes an argument, skewed load)
 WORKLOADS = {
-    "select": ("SELECT $1::int", True),
-    "io-2ms": ("SELECT pg_sleep(0.002)", False),
+    "select": ("SELECT $1::int", True, False),
+    "io-2ms": ("SELECT pg_sleep(0.002)", False, False),
+    "io-2ms-skewed": ("SELECT pg_sleep(0.002)", False, True),
 }
 
 
@@ -71,7 +76,7 @@ class Result:
 async def _worker_main(dsn: str, pooler: str | None, workload: str, pool_size: int,
                        concurrency: int, start_at: float, end_at: float) -> tuple[list[float],
                                                                                   int]:
-    query, with_arg = WORKLOADS[workload]
+    query, with_arg, _ = WORKLOADS[workload]
     latencies: list[float] = []
     errors = 0
     async with asyncpool.create_pool(dsn, pooler=pooler, min_size=pool_size,
@@ -131,10 +136,13 @@ def run_scenario(name: str, dsn: str, pooler: str | None, direct_dsn: str, workl
     out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     start_at = time.time() + 2.5  # time to spawn, import and open the pools
     end_at = start_at + duration
+    # Skewed: one busy process, the others with one borrowing task each.
+    skewed = WORKLOADS[workload][2]
+    tasks = [concurrency if i == 0 or not skewed else 1 for i in range(processes)]
     procs = [
-        ctx.Process(target=_worker, args=((dsn, pooler, workload, pool_size, concurrency,
+        ctx.Process(target=_worker, args=((dsn, pooler, workload, pool_size, tasks[i],
                                            start_at, end_at), out))
-        for _ in range(processes)
+        for i in range(processes)
     ]
     for p in procs:
         p.start()
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--bouncer-pool-size", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / "pgbouncer_scale.md")
@@ -221,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     with PostgresServer(settings={"max_connections": "200"}) as server:
         pg_version = asyncio.run(_server_version(server.dsn))
         for workload in workloads:
-            for name in ("direct", f"direct, pool of {small}", "pgbouncer"):
+            paths = ["direct", f"direct, pool of {small}", "pgbouncer"]
+            if WORKLOADS[workload][2]:
+                paths.remove("direct")  # the point is the small server budget
+            for name in paths:
                 pool_size = small if name.startswith("direct, pool") else args.pool_size
                 bouncer = None
                 dsn, pooler = server.dsn, None
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     if bouncer is not None:
                         bouncer.close()
                 results.append(result)
-                print(f"{workload:8} {name:18} {result.rate:9,.0f} ops/s  "
+                print(f"{workload:14} {name:18} {result.rate:9,.0f} ops/s  "
                       f"p99 {result.p99_ms:7.2f} ms  server conns {result.server_conns_max}"
                       f"  errors {result.errors}", flush=True)
     text = render(results, args, pg_version, bouncer_version, load)

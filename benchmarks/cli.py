@@ -1,0 +1,324 @@
+"""The command line: run the grid, the memory pass, the machinery benchmark, targets.
+
+Usage: ``python -m benchmarks [options]`` (``--help`` lists them). Without ``--dsn``
+(or ``ASYNCPOOL_BENCH_DSN``) a throwaway PostgreSQL server is started from the local
+binaries with ``max_connections=1200`` (the per-request baseline opens up to 1000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import random
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .machinery import MACHINERY_SYSTEMS, run_machinery
+from .runner import LOOPS, CellResult, CellSpec, memory_cell, run_cell, run_on_loop, settle
+from .systems import SYSTEMS, available_systems
+from .targets import CellKey, evaluate_targets
+from .workloads import SETUP_SQL, WORKLOADS
+
+__all__ = ("main", "parse_args", "run")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_CONCURRENCY = (1, 10, 100, 1000, 10000)
+QUICK_CONCURRENCY = (1, 100)
+QUICK_WORKLOADS = ("acquire", "select1")
+SERVER_SETTINGS = {"max_connections": "1200"}
+MEMORY_METHOD = (
+    "Peak memory is tracemalloc's peak of Python allocations from pool creation to "
+    "close, in a separate short pass with tracing on (SELECT 1, asyncio loop); it "
+    "includes the borrower tasks, identical for every system. Each grid cell also "
+    "records the growth of the process's peak RSS (`rss_peak_delta_kib` in the JSON, "
+    "order-dependent)."
+)
+
+
+def _csv(kind: type, choices: Any = None) -> Any:
+    def parse(text: str) -> list[Any]:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        if choices is not None:
+            bad = [v for v in values if v not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {', '.join(map(str, bad))}; choose from {', '.join(choices)}")
+        return values
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark asyncpool against asyncpg's pool, psycopg_pool, SQLAlchemy "
+                    "and no-pool baselines.")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke mode (< 60 s): acquire and select1 at 1 and 100 borrowers on "
+                        "the asyncio loop, short cells, short machinery; filters still apply")
+    p.add_argument("--duration", type=float, default=None,
+                   help="measurement window per cell, seconds (default 0.5; quick 0.1)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="minimum warm-up per cell, seconds (default 0.2; quick 0.05)")
+    p.add_argument("--warmup-cap", type=float, default=None,
+                   help="maximum warm-up per cell, seconds (default 3; quick 1)")
+    p.add_argument("--drain-timeout", type=float, default=20.0,
+                   help="seconds to let borrowers finish after the window before the cell "
+                        "is recorded as a timeout (default 20)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the grid this many times, interleaved; keep each cell's median")
+    p.add_argument("--size", type=int, default=10, help="pool size N (default 10)")
+    p.add_argument("--systems", type=_csv(str, list(SYSTEMS)), default=None,
+                   help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    p.add_argument("--workloads", type=_csv(str, list(WORKLOADS)), default=None,
+                   help="comma-separated subset of: " + ", ".join(WORKLOADS))
+    p.add_argument("--concurrency", type=_csv(int), default=None,
+                   help="comma-separated borrower counts (default 1,10,100,1000,10000)")
+    p.add_argument("--loops", type=_csv(str, list(LOOPS)), default=None,
+                   help="comma-separated event loops: asyncio, uvloop (default both)")
+    p.add_argument("--dsn", default=os.environ.get("ASYNCPOOL_BENCH_DSN"),
+                   help="use this server instead of starting one (needs max_connections "
+                        ">= 1100 for the per-request baseline at 1000+ borrowers)")
+    p.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--name", default=None,
+                   help="basename of the result files (default: 'latest' for a full run, "
+                        "'quick' with --quick, 'partial' with filters)")
+    p.add_argument("--no-machinery", action="store_true", help="skip the machinery benchmark")
+    p.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile asyncpool's hot path (results/profile/)")
+    p.add_argument("--profile-only", action="store_true",
+                   help="only profile asyncpool's hot path")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=1, help="random seed (transaction ids)")
+    return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def _server(dsn: str | None) -> Iterator[tuple[str, str]]:
+    if dsn:
+        yield dsn, "given DSN"
+        return
+    from asyncpool.testing import PostgresServer
+
+    with PostgresServer(settings=SERVER_SETTINGS) as server:
+        yield server.dsn, f"throwaway local server, settings {dict(server.settings)}"
+
+
+async def _prepare(dsn: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(SETUP_SQL)
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("asyncpool", "asyncpg", "psycopg", "psycopg-binary", "psycopg-pool",
+                 "SQLAlchemy", "uvloop"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def _median_cell(runs: list[CellResult]) -> CellResult:
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda c: c.throughput)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.extra["repeats_throughput"] = [c.throughput for c in runs]
+    return chosen
+
+
+class _Progress:
+    """A tqdm bar, or nothing."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="cell", dynamic_ncols=True, file=sys.stderr)
+
+    def step(self, label: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(label, refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run what ``args`` asks for; write the result files; return the JSON document."""
+    from .report import build_json, write_json, write_markdown, write_plot
+
+    started = time.time()
+    random.seed(args.seed)
+    filtered = any(v is not None for v in (args.systems, args.workloads, args.concurrency,
+                                           args.loops))
+    quick = args.quick
+    duration = args.duration if args.duration is not None else (0.1 if quick else 0.5)
+    warmup = args.warmup if args.warmup is not None else (0.05 if quick else 0.2)
+    warmup_cap = args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 3.0)
+    usable = available_systems()
+    skipped = {name: why for name, why in usable.items() if why}
+    systems = [s for s in (args.systems or list(SYSTEMS)) if not usable[s]]
+    workloads = args.workloads or list(QUICK_WORKLOADS if quick else WORKLOADS)
+    concurrency = args.concurrency or list(QUICK_CONCURRENCY if quick else DEFAULT_CONCURRENCY)
+    loops = args.loops or (["asyncio"] if quick else list(LOOPS))
+    if "uvloop" in loops and importlib.util.find_spec("uvloop") is None:
+        loops.remove("uvloop")
+        skipped["uvloop"] = "uvloop is not installed"
+    name = args.name or ("quick" if quick else "partial" if filtered else "latest")
+    out_dir: Path = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    show = not args.no_progress
+
+    with _server(args.dsn) as (dsn, server_note):
+        server_version = run_on_loop("asyncio", _prepare(dsn))
+        if args.profile_only:
+            from .hotpath import profile_hotpath
+
+            path = profile_hotpath(dsn, out_dir / "profile", seconds=0.3 if quick else 1.0)
+            print(f"profiles written; summary: {path}")
+            return {}
+        do_memory = not args.no_memory
+        do_machinery = not args.no_machinery
+        n_machinery = len(loops) * sum(
+            1 for base in (b for _, b, _ in MACHINERY_SYSTEMS.values()) if base in systems)
+        total = (len(loops) * len(workloads) * len(concurrency) * len(systems) * args.repeat
+                 + (len(systems) * len(concurrency) if do_memory else 0)
+                 + (n_machinery if do_machinery else 0))
+        progress = _Progress(total, show)
+        runs: dict[CellKey, list[CellResult]] = {}
+        try:
+            index = 0
+            for rep in range(args.repeat):
+                for loop in loops:
+                    for workload in workloads:
+                        for conc in concurrency:
+                            # The same cell for every system back to back, starting with
+                            # a different system each time so none is always first.
+                            index += 1
+                            shift = index % len(systems)
+                            for system in systems[shift:] + systems[:shift]:
+                                spec = CellSpec(system, workload, conc, loop, size=args.size,
+                                                duration=duration, warmup=warmup,
+                                                warmup_cap=warmup_cap,
+                                                drain_timeout=args.drain_timeout)
+                                progress.step(f"rep {rep + 1} {loop} {workload}@{conc} {system}")
+                                settle(dsn)
+                                runs.setdefault((loop, workload, system, conc), []).append(
+                                    run_cell(spec, dsn))
+            memory: list[dict[str, Any]] = []
+            if do_memory:
+                for conc in concurrency:
+                    for system in systems:
+                        spec = CellSpec(system, "select1", conc, "asyncio", size=args.size,
+                                        duration=min(duration, 0.2), warmup=0.0,
+                                        warmup_cap=min(warmup_cap, 2.0),
+                                        drain_timeout=args.drain_timeout)
+                        progress.step(f"memory select1@{conc} {system}")
+                        settle(dsn)
+                        cell, peak = memory_cell(spec, dsn)
+                        memory.append({"system": system, "concurrency": conc,
+                                       "workload": "select1", "loop": "asyncio",
+                                       "status": cell.status,
+                                       "peak_traced_kib": peak // 1024 if cell.status == "ok"
+                                       else None})
+                pinned = {m["concurrency"]: m["peak_traced_kib"] for m in memory
+                          if m["system"] == "pinned"}
+                for m in memory:
+                    ref = pinned.get(m["concurrency"])
+                    m["delta_vs_pinned_kib"] = (None if ref is None or m["peak_traced_kib"] is None
+                                                else m["peak_traced_kib"] - ref)
+            machinery = []
+            if do_machinery:
+                machinery = run_machinery(
+                    dsn, loops, batch_seconds=0.05 if quick else 0.2,
+                    repeats=2 if quick else 5, systems=systems,
+                    progress=lambda s: progress.step(f"machinery {s}"))
+        finally:
+            progress.close()
+        if args.profile:
+            from .hotpath import profile_hotpath
+
+            profile_hotpath(dsn, out_dir / "profile", seconds=0.3 if quick else 1.0)
+
+    cells = {key: _median_cell(r) for key, r in runs.items()}
+    targets = evaluate_targets(cells, loops, machinery)
+    meta = {
+        "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
+            timespec="seconds"),
+        "elapsed_s": time.time() - started,
+        "command": "python -m benchmarks " + shlex.join(getattr(args, "argv", [])),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": getattr(args, "loadavg_start", None),
+        "loadavg_end": _loadavg(),
+        "server": server_note,
+        "server_version": server_version,
+        "versions": _versions(),
+        "size": args.size,
+        "duration": duration,
+        "warmup": warmup,
+        "warmup_cap": warmup_cap,
+        "drain_timeout": args.drain_timeout,
+        "repeat": args.repeat,
+        "quick": quick,
+        "systems": {s: SYSTEMS[s].description for s in systems},
+        "skipped": skipped,
+        "workloads": {w: WORKLOADS[w].description for w in workloads},
+        "concurrency": concurrency,
+        "loops": loops,
+        "memory_method": MEMORY_METHOD,
+        "asyncpool_acquire_timeout": "default (30 s)",
+    }
+    doc = build_json(meta, cells, memory, machinery, targets)
+    write_json(out_dir / f"{name}.json", doc)
+    write_markdown(out_dir / f"{name}.md", doc, cells)
+    if not args.no_plot:
+        write_plot(out_dir / f"{name}.png", cells, systems)
+    print()
+    print(f"Results: {out_dir / name}.{{json,md}}" + ("" if args.no_plot else " and .png"))
+    for what, why in skipped.items():
+        print(f"skipped {what}: {why}")
+    for t in targets:
+        print(t.line())
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m benchmarks``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    args.argv = argv
+    args.loadavg_start = _loadavg()
+    run(args)
+    return 0
