@@ -1,0 +1,61 @@
+"""Smoke test of the benchmark harness: its tiniest run against the real test server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_harness_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
+    for module in ("psycopg_pool", "sqlalchemy", "matplotlib", "uvloop"):
+        pytest.importorskip(module)
+    command = [
+        sys.executable, "-m", "benchmarks", "--quick",
+        "--dsn", postgres_dsn, "--output-dir", str(tmp_path), "--name", "smoke",
+        "--workloads", "select1", "--concurrency", "1,10", "--loops", "asyncio,uvloop",
+        "--duration", "0.05", "--warmup", "0.01", "--warmup-cap", "0.5",
+        "--no-memory", "--no-progress",
+    ]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    doc = json.loads((tmp_path / "smoke.json").read_text())
+    assert {"meta", "cells", "memory", "machinery", "targets"} <= doc.keys()
+    assert (tmp_path / "smoke.md").read_text().startswith("# asyncpool benchmark results")
+    assert (tmp_path / "smoke.png").stat().st_size > 10_000
+
+    systems = set(doc["meta"]["systems"])
+    assert systems == {"asyncpool", "asyncpg", "asyncpg-noreset", "psycopg", "sqlalchemy",
+                       "pinned", "lock", "per-request"}
+    assert doc["meta"]["skipped"] == {}
+    cells = {(c["loop"], c["workload"], c["system"], c["concurrency"]): c for c in doc["cells"]}
+    assert len(cells) == 2 * 2 * len(systems)
+    for key, cell in cells.items():
+        assert cell["status"] == "ok", (key, cell["error"])
+        assert cell["throughput"] > 0, key
+        assert cell["ops"] > 0, key
+        assert cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"], key
+        assert cell["connections_opened"] >= 1, key
+        assert "throughput_vs_pinned" in cell["ratios"], key
+    asyncpool = cells[("asyncio", "select1", "asyncpool", 10)]
+    assert set(asyncpool["ratios"]["asyncpool_vs"]) == systems - {"asyncpool"}
+    assert asyncpool["connections_opened"] == 10
+
+    machinery = {(m["loop"], m["system"]): m for m in doc["machinery"]}
+    assert machinery[("asyncio", "asyncpool (fake)")]["us_per_cycle"] > 0
+    assert machinery[("uvloop", "pinned (fake)")]["us_per_cycle"] > 0
+    for m in machinery.values():
+        assert m["error"] is None, m
+
+    statuses = {t["status"] for t in doc["targets"]}
+    assert statuses <= {"PASS", "FAIL", "SKIP"}
+    assert any(t["status"] != "SKIP" for t in doc["targets"])
+    assert sum(line.startswith(("PASS: ", "FAIL: ", "SKIP: "))
+               for line in proc.stdout.splitlines()) == len(doc["targets"])
