@@ -181,8 +181,8 @@ def recommend(
     if instances > 1:
         notes.append("count instances at their peak (e.g. a rolling deploy with surge runs old "
                      "and new instances at once)")
-    notes.append(f"set min_size <= max_size; asyncpool checks the budget at open "
-                 f"(instances={instances}, budget_check='warn' or 'refuse')")
+    notes.append(f"asyncpool checks this budget when a pool opens: pass instances={instances} "
+                 "(budget_check='warn' by default, 'refuse' to fail instead)")
     return Recommendation(
         max_size=max(size, 0),
         instances=instances,

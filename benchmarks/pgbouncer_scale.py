@@ -17,8 +17,9 @@ Workloads:
     server (like a short disk or lock wait) without using CPU; shows what a small
     server-side pool does to concurrency.
   * ``io-2ms-skewed``: the same, but one process is busy (``--concurrency`` tasks)
-    and the others nearly idle (one task each): shrunk pools strand server
-    connections in idle processes, PgBouncer lends them to the busy one.
+    and the others nearly idle (one task each, pausing 20 ms between borrows):
+    shrunk pools strand server connections in idle processes, PgBouncer lends
+    them to the busy one.
 
 Usage:  python benchmarks/pgbouncer_scale.py [--duration 6] [--output PATH]
 Bounded: 8 runs x (duration + ~3.5) s plus server start (about 60 s).
@@ -74,8 +75,8 @@ class Result:
 
 
 async def _worker_main(dsn: str, pooler: str | None, workload: str, pool_size: int,
-                       concurrency: int, start_at: float, end_at: float) -> tuple[list[float],
-                                                                                  int]:
+                       concurrency: int, think: float, start_at: float,
+                       end_at: float) -> tuple[list[float], int]:
     query, with_arg, _ = WORKLOADS[workload]
     latencies: list[float] = []
     errors = 0
@@ -100,12 +101,14 @@ async def _worker_main(dsn: str, pooler: str | None, workload: str, pool_size: i
                     errors += 1
                     continue
                 latencies.append(clock() - t0)
+                if think:
+                    await asyncio.sleep(think)
 
         await asyncio.gather(*(loop_task(i) for i in range(concurrency)))
     return latencies, errors
 
 
-def _worker(args: tuple[str, str | None, str, int, int, float, float],
+def _worker(args: tuple[str, str | None, str, int, int, float, float, float],
             out: mp.Queue) -> None:  # type: ignore[type-arg]
     out.put(asyncio.run(_worker_main(*args)))
 
@@ -136,12 +139,14 @@ def run_scenario(name: str, dsn: str, pooler: str | None, direct_dsn: str, workl
     out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     start_at = time.time() + 2.5  # time to spawn, import and open the pools
     end_at = start_at + duration
-    # Skewed: one busy process, the others with one borrowing task each.
+    # Skewed: one busy process; the others have one task that pauses 20 ms between
+    # borrows (their connections are mostly idle).
     skewed = WORKLOADS[workload][2]
     tasks = [concurrency if i == 0 or not skewed else 1 for i in range(processes)]
+    think = [0.02 if skewed and i > 0 else 0.0 for i in range(processes)]
     procs = [
         ctx.Process(target=_worker, args=((dsn, pooler, workload, pool_size, tasks[i],
-                                           start_at, end_at), out))
+                                           think[i], start_at, end_at), out))
         for i in range(processes)
     ]
     for p in procs:
