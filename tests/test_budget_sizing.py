@@ -139,27 +139,46 @@ async def test_read_server_facts(postgres_dsn: str) -> None:
         await conn.close()
 
 
-async def test_client_count_follows_pool_size(postgres_dsn: str) -> None:
-    """in_use_now counts client backends: opening 5 more connections adds 5."""
+async def test_client_count_matches_pg_stat_activity(postgres_dsn: str) -> None:
+    """in_use_now counts client backends, a pool's connections among them (compared in
+    one transaction, so both counts see the same pg_stat_activity snapshot).
+    """
     conn = await asyncpg.connect(postgres_dsn)
     try:
-        before = (await read_server_facts(conn)).client_connections
-        async with asyncpool.create_pool(postgres_dsn, min_size=5, max_size=5):
-            during = (await read_server_facts(conn)).client_connections
-        assert during - before == 5
+        async with asyncpool.create_pool(postgres_dsn, min_size=5, max_size=5,
+                                         server_settings={"application_name": "budget-count"}):
+            async with conn.transaction():
+                f = await read_server_facts(conn)
+                ours = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    "budget-count",
+                )
+                clients = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                )
+        assert ours == 5
+        assert f.client_connections == clients >= 6
     finally:
         await conn.close()
 
 
-async def test_client_count_is_right_for_a_non_superuser(postgres_dsn: str) -> None:
+async def test_client_count_includes_sessions_hidden_from_a_non_superuser(
+    postgres_dsn: str,
+) -> None:
+    """A role without pg_read_all_stats cannot see other roles' backend_type; their
+    sessions must still be counted.
+    """
     admin = await asyncpg.connect(postgres_dsn)
     try:
         await admin.execute("DROP ROLE IF EXISTS budget_app; CREATE ROLE budget_app LOGIN")
         app = await asyncpg.connect(postgres_dsn, user="budget_app")
         try:
+            visible = await app.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            )
             seen_by_app = await read_server_facts(app)
-            seen_by_admin = await read_server_facts(admin)
-            assert seen_by_app.client_connections == seen_by_admin.client_connections
+            assert visible == 1  # only its own session shows its backend_type
+            assert seen_by_app.client_connections >= 2  # the admin session is counted too
         finally:
             await app.close()
     finally:
