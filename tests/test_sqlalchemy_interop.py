@@ -181,9 +181,14 @@ async def test_dead_idle_connection_never_reaches_sqlalchemy(
     postgres_dsn: str, pool: asyncpool.Pool, engine: AsyncEngine
 ):
     sessions = async_sessionmaker(engine)
+    closed = asyncio.Event()
     async with sessions() as session:
         pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        fairy = await (await session.connection()).get_raw_connection()
+        asyncpg_conn = fairy.driver_connection.raw_connection  # adapter -> pooled -> asyncpg
+        asyncpg_conn.add_termination_listener(lambda _conn: closed.set())
     await terminate_backend(postgres_dsn, pid)
+    await asyncio.wait_for(closed.wait(), 5)  # the client has seen the server hang up
     async with sessions() as session:  # the pool sees the closed connection, lends another
         assert await session.scalar(text("SELECT pg_backend_pid()")) != pid
     assert pool.stats().connections_lost_total == 1

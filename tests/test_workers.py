@@ -140,14 +140,15 @@ async def test_sigterm_drains_jobs_and_closes_connections(postgres_dsn: str):
     workers = example_workers()
     table = f"jobs_{uuid.uuid4().hex[:8]}"
     prefix = f"aptest-worker-{uuid.uuid4().hex[:8]}"
-    processes_n, budget, n_jobs = 3, 6, 30
+    processes_n, budget, n_jobs = 3, 6, 60
     pool_size = per_process_size(budget, processes_n)
     admin = await asyncpg.connect(postgres_dsn)
     try:
         await workers.prepare(postgres_dsn, table, n_jobs)
         abandoned_before = await sessions_abandoned(admin)
 
-        # Phase 1: workers take jobs (0.3 s each); SIGTERM while jobs are in flight.
+        # Phase 1: workers take jobs (0.3 s each, 3 s of work for all); SIGTERM while
+        # jobs are in flight.
         context = multiprocessing.get_context("spawn")
         claimed = [context.Event() for _ in range(processes_n)]
         procs = [
