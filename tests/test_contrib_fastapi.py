@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
 
 import asyncpool
 from asyncpool.contrib.fastapi import (
@@ -28,6 +29,7 @@ from asyncpool.contrib.fastapi import (
     TransactionDep,
     check_readiness,
     connection_dependency,
+    get_connection,
     get_pool,
     health_router,
     pool_lifespan,
@@ -351,6 +353,26 @@ async def test_borrow_failure_is_503(postgres_dsn: str):
         assert "busy or unavailable" in refused.json()["detail"]
         assert (await client.get("/one")).json() == 1
         assert pool.stats().timeouts_total == 1
+
+
+async def test_request_scope_keeps_the_connection_while_streaming(postgres_dsn: str):
+    app = FastAPI(lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2))
+    StreamConn = Annotated[asyncpool.PooledConnection, Depends(get_connection, scope="request")]
+    seen: list[int] = []
+
+    @app.get("/count")
+    async def count(conn: StreamConn) -> StreamingResponse:
+        async def rows() -> AsyncIterator[bytes]:
+            for i in range(3):  # runs after the handler returned, while the response is sent
+                seen.append(get_pool_stats(app).in_use)
+                yield f"{await conn.fetchval('SELECT $1::int', i)}\n".encode()
+
+        return StreamingResponse(rows())
+
+    async with client_for(app) as client:
+        assert (await client.get("/count")).text == "0\n1\n2\n"
+        assert get_pool_stats(app).in_use == 0
+    assert seen == [1, 1, 1]
 
 
 # ----------------------------------------------------------------------------- health
