@@ -74,7 +74,7 @@ class ServerFacts:
     client_connections: int
     server_version_num: int
 
-    __module__ = "asyncpool"
+    __module__ = "asyncpool.sizing"
 
     @property
     def reserved(self) -> int:

@@ -73,14 +73,11 @@ class RoleWatcher:
     the server ``pg_is_in_recovery()`` and ``default_transaction_read_only``: a server
     that accepts writes is a ``"primary"``, any other a ``"standby"`` (the test
     asyncpg applies for ``target_session_attrs=read-write``). When that does not match
-    ``expect``,
-    it calls ``on_mismatch()`` (default: ``pool.expire()``, so that every
+    ``expect``, it calls ``on_mismatch()`` (default: ``pool.expire()``, so that every
     connection is replaced and a multi-host DSN picks the right server again) and
-    logs a warning. Failed checks (the server is down, the pool is busy) are
+    logs a warning; when it matches, ``on_match()`` if given. Failed checks (the server is down, the pool is busy) are
     ignored: the pool's own health checks deal with those.
     """
-
-    __module__ = "asyncpool"
 
     def __init__(
         self,
@@ -180,8 +177,6 @@ class RoutingStats:
     reads_on_primary_total: int
     replica_failures_total: int
 
-    __module__ = "asyncpool"
-
 
 class RoutingPool:
     """A primary pool and replica pools behind one object (read/write routing).
@@ -200,8 +195,6 @@ class RoutingPool:
             async with db.acquire(readonly=True) as conn:
                 rows = await conn.fetch("SELECT ...")
     """
-
-    __module__ = "asyncpool"
 
     def __init__(
         self,

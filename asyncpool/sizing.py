@@ -99,8 +99,6 @@ class Recommendation:
     facts: ServerFacts
     notes: tuple[str, ...]
 
-    __module__ = "asyncpool"
-
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (the server facts nested under ``"server"``)."""
         data = dataclasses.asdict(self)

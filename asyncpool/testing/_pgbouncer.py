@@ -34,13 +34,13 @@ from typing import Literal
 
 __all__ = (
     "PgBouncer",
+    "PgBouncerMode",
     "PgBouncerNotFoundError",
-    "PoolMode",
     "find_pgbouncer",
     "pgbouncer_version",
 )
 
-PoolMode = Literal["session", "transaction", "statement"]
+PgBouncerMode = Literal["session", "transaction", "statement"]
 """PgBouncer's ``pool_mode``: when a server connection goes back to its pool."""
 
 _POOL_MODES: tuple[str, ...] = ("session", "transaction", "statement")
@@ -158,7 +158,7 @@ class PgBouncer:
         server_host: str,
         server_port: int,
         *,
-        pool_mode: PoolMode = "transaction",
+        pool_mode: PgBouncerMode = "transaction",
         default_pool_size: int = 5,
         max_client_conn: int = 200,
         users: Sequence[str] = ("postgres",),
@@ -190,7 +190,7 @@ class PgBouncer:
             raise ValueError("users must name at least one user")
         self._server_host = server_host
         self._server_port = server_port
-        self._pool_mode: PoolMode = pool_mode
+        self._pool_mode: PgBouncerMode = pool_mode
         self._default_pool_size = default_pool_size
         self._max_client_conn = max_client_conn
         self._users = tuple(users)
@@ -221,7 +221,7 @@ class PgBouncer:
         return self._port
 
     @property
-    def pool_mode(self) -> PoolMode:
+    def pool_mode(self) -> PgBouncerMode:
         """The configured ``pool_mode``."""
         return self._pool_mode
 
@@ -338,14 +338,26 @@ class PgBouncer:
                 if attempt == 2 or not first:
                     raise
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop PgBouncer: a safe shutdown (SIGINT), then SIGKILL after ``timeout`` s."""
+    def stop(self, mode: Literal["fast", "safe"] = "fast", timeout: float = 5.0) -> None:
+        """Stop PgBouncer; SIGKILL if it has not exited after ``timeout`` seconds.
+
+        ``"fast"`` is PgBouncer's immediate shutdown (SIGTERM before 1.23, SIGQUIT
+        since): client connections are closed at once. ``"safe"`` (SIGINT) first waits
+        for server connections to be released (in session mode: for clients to leave).
+        """
         proc, self._proc = self._proc, None
         if proc is None:
             return
         if proc.poll() is None:
+            if mode == "safe":
+                sig = signal.SIGINT
+            else:
+                version = self.version
+                sig = signal.SIGQUIT if version is not None and version >= (1, 23) else (
+                    signal.SIGTERM
+                )
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
