@@ -74,8 +74,6 @@ class ServerFacts:
     client_connections: int
     server_version_num: int
 
-    __module__ = "asyncpool.sizing"
-
     @property
     def reserved(self) -> int:
         """Connection slots kept for superusers and ``pg_use_reserved_connections``."""
