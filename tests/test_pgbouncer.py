@@ -390,7 +390,9 @@ async def test_wanted_transaction_refused_in_statement_mode(
 ) -> None:
     async with pool_for(bouncers["statement"]) as pool, pool.acquire() as conn:
         with pytest.raises(asyncpool.PoolUsageError):
-            conn.transaction()
+            async with conn.transaction():
+                pass
+        assert await conn.fetchval("SELECT 1") == 1  # refused before PgBouncer saw BEGIN
 
 
 # ------------------------------------------------------------ the helper itself
