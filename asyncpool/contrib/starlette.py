@@ -126,8 +126,9 @@ async def open_pool(
     ``min_size`` connections can be opened, this raises
     :class:`~asyncpool.DatabaseUnavailable` (the connect error is its ``last_error``),
     unless ``degraded_ok`` is true: then it logs a warning and yields a pool that opens
-    its ``min_size`` connections in the background; until they exist, acquire fails
-    fast with :class:`~asyncpool.DatabaseUnavailable`. On exit the pool closes with
+    its ``min_size`` connections in the background, retrying with backoff; while the
+    database stays unreachable, acquire fails fast with
+    :class:`~asyncpool.DatabaseUnavailable`. On exit the pool closes with
     :meth:`Pool.close`: borrowed connections get ``close_timeout`` seconds (default:
     the pool's ``close_timeout``) to come back.
     """
