@@ -9,9 +9,11 @@ Quick start::
             print(await conn.fetchval("SELECT 1"))
 """
 
+from ._budget import BudgetReport
 from ._config import PoolConfig
 from ._connection import PooledConnection
 from ._errors import (
+    ConnectionBudgetExceeded,
     ConnectionReleasedError,
     DatabaseUnavailable,
     PoolClosed,
@@ -27,6 +29,8 @@ from ._stats import HISTOGRAM_BOUNDS, PoolStats, TimeSummary
 
 __all__ = (
     "HISTOGRAM_BOUNDS",
+    "BudgetReport",
+    "ConnectionBudgetExceeded",
     "ConnectionReleasedError",
     "DatabaseUnavailable",
     "EventHook",

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 from typing import Any, Literal
 
-from ._errors import PoolError
+from ._errors import ConnectionBudgetExceeded
 
 __all__ = (
     "BUDGET_POLICIES",
@@ -44,9 +44,8 @@ logger = logging.getLogger("asyncpool")
 BudgetPolicy = Literal["warn", "refuse", "off"]
 BUDGET_POLICIES: tuple[str, ...] = ("warn", "refuse", "off")
 
-# The error raised by policy="refuse". TODO(lead): point this at
-# ``ConnectionBudgetExceeded(PoolError)`` once it exists in ``_errors.py``.
-_BudgetError = PoolError
+# The error raised by policy="refuse".
+_BudgetError = ConnectionBudgetExceeded
 
 # One round trip. ``reserved_connections`` exists from PostgreSQL 16 (NULL before).
 # pg_stat_activity lists every backend to every role, but hides ``backend_type`` of
@@ -221,7 +220,7 @@ async def check_budget(
         a :class:`BudgetReport` (also when it logs).
 
     Raises:
-        PoolError: with ``policy="refuse"`` when ``max_size * instances`` exceeds
+        ConnectionBudgetExceeded: with ``policy="refuse"`` when ``max_size * instances`` exceeds
             ``max_connections - reserved``.
         ValueError: for an unknown policy or sizes below 1.
     """

@@ -65,6 +65,8 @@ class PoolConfig:
     connect_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     name: str = "asyncpool"
     pooler: Pooler | None = None
+    instances: int = 1
+    budget_check: Literal["warn", "refuse", "off"] = "warn"
 
     __module__ = "asyncpool"
 
@@ -122,6 +124,14 @@ class PoolConfig:
             raise ValueError(
                 f"reset must be one of {', '.join(RESET_MODES)} or an async callable, "
                 f"got {self.reset!r}"
+            )
+        if isinstance(self.instances, bool) or not isinstance(self.instances, int) or (
+            self.instances < 1
+        ):
+            raise ValueError(f"instances must be an integer >= 1, got {self.instances!r}")
+        if self.budget_check not in ("warn", "refuse", "off"):
+            raise ValueError(
+                f"budget_check must be one of warn, refuse, off, got {self.budget_check!r}"
             )
         if self.pooler is not None and self.pooler not in POOLERS:
             raise ValueError(f"pooler must be None or one of {', '.join(POOLERS)}, "

@@ -17,7 +17,7 @@ from asyncpg.connection import _ConnectionProxy
 
 from ._errors import ConnectionReleasedError, PoolUsageError
 from ._tracking import _cache as _verdicts
-from ._tracking import may_leave_session_state, session_feature
+from ._tracking import may_leave_session_state, opens_transaction_block, session_feature
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -74,7 +74,16 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
             if self._pool._config.shares_server_sessions:
                 self._refuse_session_feature(session_feature(query))
             self._slot.dirty = True  # type: ignore[union-attr]
+        elif self._pool._statement_pooler and opens_transaction_block(query):
+            self._refuse_transactions()
         return con
+
+    def _refuse_transactions(self) -> None:
+        raise PoolUsageError(
+            f"asyncpool pool {self._pool.name!r} runs behind a statement pooler "
+            "(pooler='pgbouncer-statement'), which does not allow transaction blocks; "
+            "use pooler='pgbouncer-transaction' or connect directly for transactions"
+        )
 
     def _refuse_session_feature(self, feature: str | None) -> None:
         if feature is not None:
@@ -179,7 +188,15 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         record_class: Any = None,
     ) -> _Coro:
         """Create a prepared statement (valid only while you hold this connection)."""
-        return self._note(query).prepare(  # type: ignore[no-any-return]
+        con = self._note(query)
+        # asyncpg's prepare sends no Sync: the server session stays in an implicit
+        # transaction (holding locks) until the next statement; the reset ends it.
+        self._slot.dirty = True  # type: ignore[union-attr]
+        if name is not None and self._pool._config.shares_server_sessions and (
+            self._pool._config.connect_kwargs.get("statement_cache_size") == 0
+        ):
+            self._refuse_session_feature("a named prepared statement")
+        return con.prepare(  # type: ignore[no-any-return]
             query, name=name, timeout=timeout, record_class=record_class
         )
 
@@ -192,6 +209,8 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         record_class: Any = None,
     ) -> Any:
         """Return a cursor factory (use inside a transaction)."""
+        if self._pool._statement_pooler:
+            self._refuse_transactions()
         return self._note(query).cursor(
             query, *args, prefetch=prefetch, timeout=timeout, record_class=record_class
         )
@@ -200,7 +219,10 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
     ) -> Any:
         """Return an asyncpg transaction object (``async with conn.transaction():``)."""
-        return self._live("transaction").transaction(
+        con = self._live("transaction")
+        if self._pool._statement_pooler:
+            self._refuse_transactions()
+        return con.transaction(
             isolation=isolation, readonly=readonly, deferrable=deferrable
         )
 
@@ -290,17 +312,26 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         """Remove a log listener."""
         self._live("remove_log_listener").remove_log_listener(callback)
 
+    def _remember(self, remover: str, callback: Callable[..., Any]) -> None:
+        slot = self._slot
+        assert slot is not None
+        if slot.callbacks is None:
+            slot.callbacks = []
+        slot.callbacks.append((remover, callback))
+
     def add_termination_listener(self, callback: Callable[..., Any]) -> None:
-        """Be told when the underlying connection closes."""
+        """Be told when the underlying connection closes (removed on release)."""
         self._live("add_termination_listener").add_termination_listener(callback)
+        self._remember("remove_termination_listener", callback)
 
     def remove_termination_listener(self, callback: Callable[..., Any]) -> None:
         """Remove a termination listener."""
         self._live("remove_termination_listener").remove_termination_listener(callback)
 
     def add_query_logger(self, callback: Callable[..., Any]) -> None:
-        """Log every query run on this connection."""
+        """Log every query run on this connection (removed on release)."""
         self._live("add_query_logger").add_query_logger(callback)
+        self._remember("remove_query_logger", callback)
 
     def remove_query_logger(self, callback: Callable[..., Any]) -> None:
         """Remove a query logger."""

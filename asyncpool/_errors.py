@@ -7,6 +7,7 @@ happened and which setting to change.
 from __future__ import annotations
 
 __all__ = (
+    "ConnectionBudgetExceeded",
     "ConnectionReleasedError",
     "DatabaseUnavailable",
     "PoolClosed",
@@ -58,6 +59,14 @@ class DatabaseUnavailable(PoolError):
 
 
 class PoolUsageError(PoolError, RuntimeError):
-    """The pool was used from another event loop, another thread, or after ``fork()``."""
+    """The pool was misused: another event loop or thread, after ``fork()``, before
+    ``open()``, or a session feature behind a transaction pooler.
+    """
+
+    __module__ = "asyncpool"
+
+
+class ConnectionBudgetExceeded(PoolError):
+    """``max_size * instances`` exceeds what the server allows (``budget_check="refuse"``)."""
 
     __module__ = "asyncpool"

@@ -23,6 +23,7 @@ __all__ = (
     "FULL_RESET_SQL",
     "close_gracefully",
     "forget_listeners",
+    "remove_callbacks",
     "is_broken",
     "needs_rollback",
     "open_connection",
@@ -123,6 +124,15 @@ async def _rollback(conn: Any) -> None:
         conn._top_xact = None
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
+
+
+def remove_callbacks(conn: Any, callbacks: list[tuple[str, Any]]) -> None:
+    """Remove callbacks a borrower registered (termination listeners, query loggers)."""
+    for remover, callback in callbacks:
+        try:
+            getattr(conn, remover)(callback)
+        except Exception:  # already removed by the borrower, or the connection is gone
+            pass
 
 
 def forget_listeners(conn: Any) -> None:

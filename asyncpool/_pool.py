@@ -45,6 +45,7 @@ from ._compat import AsyncpgPoolMethods
 from ._config import PoolConfig
 from ._connection import PooledConnection
 from ._errors import (
+    ConnectionBudgetExceeded,
     ConnectionReleasedError,
     DatabaseUnavailable,
     PoolClosed,
@@ -128,6 +129,8 @@ class Pool(AsyncpgPoolMethods):
         max_inactive_connection_lifetime: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         init_size: int | None = None,
+        instances: int = 1,
+        budget_check: str = "warn",
         **connect_kwargs: Any,
     ) -> None:
         if max_inactive_connection_lifetime is not None:
@@ -170,6 +173,8 @@ class Pool(AsyncpgPoolMethods):
             connect_kwargs=connect_kwargs,
             name=name,
             pooler=pooler,
+            instances=instances,
+            budget_check=budget_check,  # type: ignore[arg-type]
         )
         if not (isinstance(self._init_size, int) and min_size <= self._init_size <= max_size):
             raise ValueError(
@@ -211,6 +216,7 @@ class Pool(AsyncpgPoolMethods):
         self._setup = cfg.setup
         self._leak_timeout = cfg.leak_timeout
         self._auto_reset = cfg.reset == "auto" and not cfg.shares_server_sessions
+        self._statement_pooler = cfg.pooler == "pgbouncer-statement"
 
     # ------------------------------------------------------------------ facts
 
@@ -355,6 +361,11 @@ class Pool(AsyncpgPoolMethods):
             )
             self.terminate()
             raise error
+        try:
+            await self._check_server()
+        except BaseException:
+            self.terminate()
+            raise
         self._state = _OPEN
         self._maintenance = self._loop.create_task(
             _maintain(weakref.ref(self), self._config.maintenance_interval),
@@ -365,6 +376,45 @@ class Pool(AsyncpgPoolMethods):
             self.name, self._counts[IDLE], self._config.min_size, self._config.max_size,
         )
         self._grow()
+
+    async def _check_server(self) -> None:
+        """At open: the connection budget, and whether a pooler sits in between (one
+        round trip on a pool connection; a temporary connection when none is open).
+        """
+        cfg = self._config
+        if cfg.budget_check == "off":
+            return
+        from ._budget import check_budget
+
+        conn: Any = self._idle[-1].conn if self._idle else None
+        temporary = conn is None
+        if temporary:
+            try:
+                conn = await _pg.open_connection(cfg)
+            except Exception:
+                if cfg.budget_check == "refuse":
+                    raise
+                logger.debug("asyncpool pool %r: budget check skipped (cannot connect)",
+                             self.name, exc_info=True)
+                return
+        try:
+            await check_budget(conn, max_size=cfg.max_size, instances=cfg.instances,
+                               policy=cfg.budget_check, pool_name=cfg.name, pooler=cfg.pooler)
+            if cfg.pooler is None and conn.get_server_pid() != await conn.fetchval(
+                "SELECT pg_backend_pid()"
+            ):
+                logger.warning(
+                    "asyncpool pool %r: a connection pooler or proxy sits between this pool "
+                    "and PostgreSQL (the backend pid differs from the one announced); if it "
+                    "is PgBouncer in transaction or statement mode, set pooler=", self.name,
+                )
+        except ConnectionBudgetExceeded:
+            raise
+        except Exception:  # advisory: a server or connection that cannot answer is no reason
+            logger.debug("asyncpool pool %r: budget check failed", self.name, exc_info=True)
+        finally:
+            if temporary:
+                await _pg.close_gracefully(conn, cfg.connect_timeout)
 
     async def close(self, timeout: float | None = None) -> None:
         """Close gracefully: stop lending, fail waiters with :class:`PoolClosed`, wait up to
@@ -724,6 +774,12 @@ class Pool(AsyncpgPoolMethods):
         """
         self._release_nowait(connection, timeout)
 
+    def release_nowait(self, connection: PooledConnection) -> None:
+        """Give a connection back without awaiting (for synchronous callers, e.g. an
+        adapter's ``close()``); the same as :meth:`release`.
+        """
+        self._release_nowait(connection)
+
     def _release_nowait(self, conn: PooledConnection, timeout: float | None = None) -> None:
         try:
             slot = conn._slot
@@ -760,6 +816,9 @@ class Pool(AsyncpgPoolMethods):
         slot.last_used = now
         slot.stack = None
         raw = slot.conn
+        if slot.callbacks is not None:
+            _pg.remove_callbacks(raw, slot.callbacks)
+            slot.callbacks = None
         if raw.is_closed():
             self._discard(slot, lost=True)
             return
@@ -824,7 +883,11 @@ class Pool(AsyncpgPoolMethods):
             return
         self._counters.resets_total += 1
         self._set(slot, IN_USE)
-        if self._state == _OPEN:
+        if slot.conn.is_closed():
+            # asyncpg completes a pending cancellation normally when the connection is
+            # lost, so a reset can "succeed" on a dead connection: never lend it.
+            self._discard(slot, lost=True)
+        elif self._state == _OPEN:
             self._hand_over(slot)
         else:
             self._retire(slot, "pool closing")
@@ -894,6 +957,9 @@ class Pool(AsyncpgPoolMethods):
                 return True
         if self._state != _OPEN:
             self._retire(slot, "pool closing")
+            return False
+        if len(self._slots) - self._counts[CLOSING] > self._max_size:
+            self._retire(slot, "resize")  # max_size shrank while it was connecting or resetting
             return False
         self._counts[IN_USE] -= 1
         self._counts[IDLE] += 1
@@ -1225,6 +1291,10 @@ class _AcquireContext:
         conn = self._conn
         self._conn = None
         if conn is not None and conn._slot is not None:
+            if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+                # Cancelled anywhere inside the block (perhaps between asyncpg's prepare
+                # and execute): make the reset end whatever the server session holds.
+                conn._slot.dirty = True
             self._pool._release_nowait(conn)
 
 

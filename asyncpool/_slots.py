@@ -41,6 +41,7 @@ class _Slot:
 
     __slots__ = (
         "acquired_at",
+        "callbacks",
         "conn",
         "created_at",
         "dirty",
@@ -67,6 +68,8 @@ class _Slot:
         self.dirty = False
         self.leak_reported = False
         self.stack: str | None = None
+        # (remove-method name, callback) pairs a borrower registered through the wrapper.
+        self.callbacks: list[tuple[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<slot {self.state.name} uses={self.uses}>"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ("may_leave_session_state", "session_feature")
+__all__ = ("may_leave_session_state", "opens_transaction_block", "session_feature")
 
 # Statement keywords at the start of a statement (after optional comments/whitespace).
 _LEADING = re.compile(
@@ -78,7 +78,13 @@ _SESSION_ONLY = re.compile(
     r"(?:^|;)\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*"
     r"(set(?!\s+(?:local|transaction|constraints)\b)|reset|listen|prepare|load)\b"
     r"|\b(pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|"
-    r"pg_try_advisory_lock_shared|with\s+hold)\b",
+    r"pg_try_advisory_lock_shared|with\s+hold)\b"
+    r"|\bcreate\s+(?:(?:global|local)\s+)?(temp|temporary)\b(?![^;]*\bon\s+commit\s+drop\b)",
+    re.IGNORECASE | re.DOTALL,
+)
+# Statements that open a transaction block (impossible behind a statement pooler).
+_TRANSACTION_BLOCK = re.compile(
+    r"(?:^|;)\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(begin|start\s+transaction)\b",
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -92,4 +98,9 @@ def session_feature(query: str) -> str | None:
     match = _SESSION_ONLY.search(query)
     if match is None:
         return None
-    return (match.group(1) or match.group(2)).upper()
+    return (match.group(1) or match.group(2) or "TEMP").upper()
+
+
+def opens_transaction_block(query: str) -> bool:
+    """True when ``query`` starts a transaction block (``BEGIN``/``START TRANSACTION``)."""
+    return _TRANSACTION_BLOCK.search(query) is not None

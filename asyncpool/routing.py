@@ -75,8 +75,8 @@ class RoleWatcher:
     asyncpg applies for ``target_session_attrs=read-write``). When that does not match
     ``expect``, it calls ``on_mismatch()`` (default: ``pool.expire()``, so that every
     connection is replaced and a multi-host DSN picks the right server again) and
-    logs a warning; when it matches, ``on_match()`` if given. Failed checks (the server is down, the pool is busy) are
-    ignored: the pool's own health checks deal with those.
+    logs a warning; when it matches, ``on_match()`` if given. Failed checks (the server
+    is down, the pool is busy) are ignored: the pool's own health checks deal with those.
     """
 
     def __init__(

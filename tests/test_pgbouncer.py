@@ -360,11 +360,9 @@ async def test_budget_check_behind_pgbouncer_only_reports(
     assert not caplog.records
 
 
-# ------------------------------------------------------------ wanted from the core
+# ------------------------------------------------------- refused behind a pooler
 
 
-@pytest.mark.xfail(strict=True, reason="core: CREATE TEMP is not yet refused behind a "
-                                       "transaction pooler (see the issue-8 report)")
 async def test_wanted_temp_tables_refused_in_transaction_mode(
     bouncers: dict[str, PgBouncer],
 ) -> None:
@@ -373,8 +371,6 @@ async def test_wanted_temp_tables_refused_in_transaction_mode(
             await conn.execute("CREATE TEMP TABLE wanted_tmp (x int)")
 
 
-@pytest.mark.xfail(strict=True, reason="core: named prepare() is not yet refused behind a "
-                                       "transaction pooler (see the issue-8 report)")
 async def test_wanted_named_prepare_refused_in_transaction_mode(
     bouncers: dict[str, PgBouncer],
 ) -> None:
@@ -383,8 +379,6 @@ async def test_wanted_named_prepare_refused_in_transaction_mode(
             await conn.prepare("SELECT 1", name="wanted")
 
 
-@pytest.mark.xfail(strict=True, reason="core: transaction() is not yet refused in "
-                                       "pgbouncer-statement mode (see the issue-8 report)")
 async def test_wanted_transaction_refused_in_statement_mode(
     bouncers: dict[str, PgBouncer],
 ) -> None:

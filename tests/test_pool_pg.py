@@ -334,3 +334,67 @@ async def test_close_waits_for_borrowers_then_terminates(postgres_dsn: str) -> N
             break
         await asyncio.sleep(0.02)
     assert await backends(postgres_dsn, app) == 0
+
+
+async def test_prepare_leaves_no_locks_on_an_idle_connection(postgres_dsn: str) -> None:
+    """asyncpg's prepare sends no Sync; the release must end the server's implicit
+    transaction so the idle connection holds no locks."""
+    pool = await _same_conn_pool(postgres_dsn)
+    observer = await asyncpg.connect(postgres_dsn)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS prep_probe (a int)")
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            await conn.prepare("SELECT * FROM prep_probe")
+        await settled(pool)
+        locks = await observer.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE pid = $1 AND relation = 'prep_probe'::regclass",
+            pid)
+        assert locks == 0
+        await observer.execute("SET lock_timeout = '1s'")
+        await observer.execute("ALTER TABLE prep_probe ADD COLUMN IF NOT EXISTS b int")
+        await observer.execute("DROP TABLE prep_probe")
+    finally:
+        await observer.close()
+        await pool.close()
+
+
+async def test_callbacks_registered_by_a_borrower_are_removed(postgres_dsn: str) -> None:
+    pool = await _same_conn_pool(postgres_dsn)
+    seen: list[Any] = []
+    try:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(seen.append)
+            conn.add_termination_listener(lambda c: seen.append("terminated"))
+            await conn.fetchval("SELECT 1")
+        await settle()  # asyncpg calls query loggers soon after the query
+        assert len(seen) == 1
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 2")
+            await settle()
+            assert not conn.raw_connection._query_loggers
+            assert not conn.raw_connection._termination_listeners
+        assert len(seen) == 1
+    finally:
+        await pool.close()
+    assert "terminated" not in seen
+
+
+async def test_cancelled_borrow_is_reset(postgres_dsn: str) -> None:
+    pool = await _same_conn_pool(postgres_dsn)
+    try:
+        async def borrower() -> None:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(borrower())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stats = await settled(pool)
+        assert stats.resets_total == 1 and stats.idle == 1
+    finally:
+        await pool.close()
