@@ -1041,7 +1041,10 @@ class Pool(AsyncpgPoolMethods):
         active = len(self._slots) - n[CLOSING]
         connecting = n[CONNECTING]
         target = max(cfg.min_size, 1 if self._down else 0)
-        wanted = max(self._n_waiting - connecting, target - active)
+        # Connections being reset (or checked) come back in about a round trip, sooner
+        # than a new connect: count them as on their way to the waiters.
+        wanted = max(self._n_waiting - connecting - n[RETURNING] - n[CHECKING],
+                     target - active)
         room = min(cfg.max_size - active, cfg.connect_concurrency - connecting)
         count = min(wanted, room)
         if count <= 0:

@@ -594,3 +594,17 @@ async def test_repr_shows_states(make_fake_pool: Any) -> None:
             "<Pool 'orders' open [size=1/3: idle=0 in_use=1 connecting=0 returning=0 "
             "checking=0 closing=0 | waiting=0]>"
         )
+
+
+async def test_borrower_waits_for_a_resetting_connection_instead_of_growing(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
+    pool = await open_pool(make_fake_pool, min_size=1, max_size=3)
+    fake_server.connections[0].query_delay = 0.01  # the reset takes a round trip
+    for _ in range(5):
+        async with pool.acquire() as conn:
+            await conn.execute("SET work_mem = '8MB'")
+    await asyncio.sleep(0.05)
+    assert fake_server.opened == 1
+    assert pool.stats().resets_total == 5
+    check_invariants(pool)

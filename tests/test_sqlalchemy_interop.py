@@ -1,4 +1,4 @@
-"""SQLAlchemy's asyncio ORM on connections lent by asyncpool (examples/sqlalchemy_orm.py).
+"""SQLAlchemy's asyncio ORM on connections lent by asyncpool (asyncpool.contrib.sqlalchemy).
 
 Checks that the ORM works, that every connection SQLAlchemy uses comes from and goes back
 to the pool (the pool's statistics), that transactions roll back on errors, and that an
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,15 +17,13 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import ForeignKey, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.pool import NullPool
 
 import asyncpool
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-if str(EXAMPLES) not in sys.path:
-    sys.path.insert(0, str(EXAMPLES))
-sqlalchemy_orm: Any = importlib.import_module("sqlalchemy_orm")
+sqlalchemy_orm: Any = importlib.import_module("asyncpool.contrib.sqlalchemy")
 
 
 class Base(DeclarativeBase):
@@ -150,8 +146,8 @@ async def test_codecs_installed_once_per_server_connection(
     monkeypatch.setattr(asyncpool.PooledConnection, "set_type_codec", spy)
     pool.resize(max_size=1)
     pool.expire()  # start from a new server connection
-    every_time = sqlalchemy_orm.create_async_engine(
-        "postgresql+asyncpg://", poolclass=sqlalchemy_orm.NullPool,
+    every_time = create_async_engine(
+        "postgresql+asyncpg://", poolclass=NullPool,
         async_creator=sqlalchemy_orm.AsyncpoolCreator(pool, install_codecs_once=False),
     )
     for eng in (engine, engine, engine, every_time, every_time):
