@@ -101,6 +101,7 @@ def connection_dependency(
     """
 
     async def connection(request: HTTPConnection) -> AsyncIterator[PooledConnection]:
+        """Lend one connection of the app's pool for this request."""
         pool = get_pool(request, state_key)
         try:
             conn = await pool.acquire(timeout=timeout)
@@ -142,6 +143,7 @@ def transaction_dependency(
     async def transaction(
         conn: Annotated[PooledConnection, _depends(conn_dependency)],
     ) -> AsyncIterator[PooledConnection]:
+        """Run this request in a transaction on its connection."""
         async with conn.transaction(isolation=isolation, readonly=readonly,
                                     deferrable=deferrable):
             yield conn
