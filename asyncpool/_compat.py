@@ -8,7 +8,7 @@ shortcut borrows a connection for one call, like asyncpg's; its ``timeout`` is t
 statement timeout, and the borrow uses the pool's ``acquire_timeout``.
 
 Where asyncpool deliberately behaves differently from asyncpg, see
-``docs/migrating.md``.
+the README section "Migrating from asyncpg".
 """
 
 from __future__ import annotations

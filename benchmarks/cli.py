@@ -70,10 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None,
                    help="minimum warm-up per cell, seconds (default 0.2; quick 0.05)")
     p.add_argument("--warmup-cap", type=float, default=None,
-                   help="maximum warm-up per cell, seconds (default 3; quick 1)")
-    p.add_argument("--drain-timeout", type=float, default=20.0,
-                   help="seconds to let borrowers finish after the window before the cell "
-                        "is recorded as a timeout (default 20)")
+                   help="maximum warm-up per cell, seconds (default 2; quick 1)")
+    p.add_argument("--drain-timeout", type=float, default=2.0,
+                   help="seconds to let borrowers finish their operation after the window "
+                        "before cancelling them (default 2)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the grid this many times, interleaved; keep each cell's median")
     p.add_argument("--size", type=int, default=10, help="pool size N (default 10)")
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     duration = args.duration if args.duration is not None else (0.1 if quick else 0.5)
     warmup = args.warmup if args.warmup is not None else (0.05 if quick else 0.2)
-    warmup_cap = args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 3.0)
+    warmup_cap = args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 2.0)
     usable = available_systems()
     skipped = {name: why for name, why in usable.items() if why}
     systems = [s for s in (args.systems or list(SYSTEMS)) if not usable[s]]
@@ -217,16 +217,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress = _Progress(total, show)
         runs: dict[CellKey, list[CellResult]] = {}
         try:
-            index = 0
+            order_rng = random.Random(args.seed)
             for rep in range(args.repeat):
                 for loop in loops:
                     for workload in workloads:
                         for conc in concurrency:
-                            # The same cell for every system back to back, starting with
-                            # a different system each time so none is always first.
-                            index += 1
-                            shift = index % len(systems)
-                            for system in systems[shift:] + systems[:shift]:
+                            # The same cell for every system back to back, in a fresh
+                            # random order each time so none always follows another.
+                            order = systems[:]
+                            order_rng.shuffle(order)
+                            for system in order:
                                 spec = CellSpec(system, workload, conc, loop, size=args.size,
                                                 duration=duration, warmup=warmup,
                                                 warmup_cap=warmup_cap,

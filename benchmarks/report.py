@@ -296,9 +296,12 @@ def write_plot(path: Path, cells: Mapping[CellKey, CellResult], systems: list[st
                          f" — {loop}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
+    ncol = max(1, min(len(labels), 2 * len(columns)))
+    legend_rows = math.ceil(len(labels) / ncol) if labels else 0
+    top = 1 - (0.3 + 0.3 * legend_rows) / fig.get_figheight()
+    fig.legend(handles, labels, loc="upper center", ncol=ncol, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

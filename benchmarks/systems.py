@@ -198,7 +198,12 @@ class AsyncpgSystem(_AsyncpgFamily):
         self._pool = await asyncpg.create_pool(self.dsn, **kwargs)
 
     async def stop(self) -> None:
-        await asyncio.wait_for(self._pool.close(), 30)
+        try:
+            await asyncio.wait_for(self._pool.close(), 20)
+        except TimeoutError:
+            # asyncpg's close() waits forever for connections it thinks are in use.
+            self._pool.terminate()
+            raise
 
     def acquire(self) -> Any:
         return self._pool.acquire()
