@@ -260,7 +260,8 @@ async def test_transaction_mode_release_rolls_back_without_session_reset(
     async with pool_for(bouncers["transaction"], min_size=1, max_size=1) as pool:
         seen: list[str] = []
         conn = await pool.acquire()
-        conn.add_query_logger(lambda record: seen.append(record.query))
+        # On the raw connection: loggers added through the pool are removed at release.
+        conn.raw_connection.add_query_logger(lambda record: seen.append(record.query))
         tx = conn.transaction()
         await tx.start()
         await conn.execute("SELECT 1")
