@@ -2,13 +2,14 @@
 
 Usage: ``python -m benchmarks [options]`` (``--help`` lists them). Without ``--dsn``
 (or ``ASYNCPOOL_BENCH_DSN``) a throwaway PostgreSQL server is started from the local
-binaries with ``max_connections=1200`` (the per-request baseline opens up to 1000).
+binaries with ``max_connections=300`` (the per-request baseline opens up to 100 at once).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import importlib.util
@@ -16,6 +17,7 @@ import os
 import platform
 import random
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -25,16 +27,16 @@ from typing import Any
 from .machinery import MACHINERY_SYSTEMS, run_machinery
 from .runner import LOOPS, CellResult, CellSpec, memory_cell, run_cell, run_on_loop, settle
 from .systems import SYSTEMS, available_systems
-from .targets import CellKey, evaluate_targets
+from .targets import CellKey, evaluate_targets, target_cells
 from .workloads import SETUP_SQL, WORKLOADS
 
-__all__ = ("main", "parse_args", "run")
+__all__ = ("Plan", "main", "make_plan", "parse_args", "run")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CONCURRENCY = (1, 10, 100, 1000, 10000)
 QUICK_CONCURRENCY = (1, 100)
 QUICK_WORKLOADS = ("acquire", "select1")
-SERVER_SETTINGS = {"max_connections": "1200"}
+SERVER_SETTINGS = {"max_connections": "300"}
 MEMORY_METHOD = (
     "Peak memory is tracemalloc's peak of Python allocations from pool creation to "
     "close, in a separate short pass with tracing on (SELECT 1, asyncio loop); it "
@@ -76,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "before cancelling them (default 2)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the grid this many times, interleaved; keep each cell's median")
+    p.add_argument("--target-repeat", type=int, default=None,
+                   help="run the cells the targets compare at least this many times "
+                        "(default 3; quick 1)")
     p.add_argument("--size", type=int, default=10, help="pool size N (default 10)")
     p.add_argument("--systems", type=_csv(str, list(SYSTEMS)), default=None,
                    help="comma-separated subset of: " + ", ".join(SYSTEMS))
@@ -87,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated event loops: asyncio, uvloop (default both)")
     p.add_argument("--dsn", default=os.environ.get("ASYNCPOOL_BENCH_DSN"),
                    help="use this server instead of starting one (needs max_connections "
-                        ">= 1100 for the per-request baseline at 1000+ borrowers)")
+                        ">= 120 for the per-request baseline)")
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--name", default=None,
                    help="basename of the result files (default: 'latest' for a full run, "
@@ -144,12 +149,26 @@ def _loadavg() -> str:
         return "?"
 
 
+def _median(values: list[float | None]) -> float | None:
+    present = sorted(v for v in values if v is not None)
+    return statistics.median(present) if present else None
+
+
 def _median_cell(runs: list[CellResult]) -> CellResult:
+    """One cell from several repetitions: the median-throughput run, with each latency
+    figure replaced by its median over the repetitions.
+    """
     if len(runs) == 1:
         return runs[0]
     ordered = sorted(runs, key=lambda c: c.throughput)
-    chosen = ordered[(len(ordered) - 1) // 2]
-    chosen.extra["repeats_throughput"] = [c.throughput for c in runs]
+    chosen = dataclasses.replace(ordered[(len(ordered) - 1) // 2])
+    chosen.extra = {**chosen.extra, "repeats": [
+        {"throughput": c.throughput, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms,
+         "max_ms": c.max_ms, "status": c.status} for c in runs]}
+    ok = [c for c in runs if c.status == "ok"] or runs
+    chosen.p50_ms = _median([c.p50_ms for c in ok])
+    chosen.p99_ms = _median([c.p99_ms for c in ok])
+    chosen.max_ms = _median([c.max_ms for c in ok])
     return chosen
 
 
@@ -173,106 +192,96 @@ class _Progress:
             self._bar.close()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run what ``args`` asks for; write the result files; return the JSON document."""
-    from .report import build_json, write_json, write_markdown, write_plot
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run measures, resolved from the arguments."""
 
-    started = time.time()
-    random.seed(args.seed)
-    filtered = any(v is not None for v in (args.systems, args.workloads, args.concurrency,
-                                           args.loops))
+    systems: list[str]
+    workloads: list[str]
+    concurrency: list[int]
+    loops: list[str]
+    skipped: dict[str, str]
+    duration: float
+    warmup: float
+    warmup_cap: float
+    repeat: int
+    target_repeat: int
+    name: str
+
+    def grid(self, seed: int) -> list[tuple[int, str, str, int, list[str]]]:
+        """(repetition, loop, workload, concurrency, systems in run order) per cell.
+
+        The same cell runs for every system back to back, in a fresh random order each
+        time so no system always follows another. Repetitions past ``repeat`` run only
+        the cells the targets compare.
+        """
+        rng = random.Random(seed)
+        wanted = target_cells()
+        out = []
+        for rep in range(max(self.repeat, self.target_repeat)):
+            for loop in self.loops:
+                for workload in self.workloads:
+                    for conc in self.concurrency:
+                        order = self.systems[:]
+                        rng.shuffle(order)
+                        if rep >= self.repeat:
+                            order = [s for s in order if (workload, s, conc) in wanted]
+                        if order:
+                            out.append((rep, loop, workload, conc, order))
+        return out
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
     quick = args.quick
-    duration = args.duration if args.duration is not None else (0.1 if quick else 0.5)
-    warmup = args.warmup if args.warmup is not None else (0.05 if quick else 0.2)
-    warmup_cap = args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 2.0)
     usable = available_systems()
     skipped = {name: why for name, why in usable.items() if why}
-    systems = [s for s in (args.systems or list(SYSTEMS)) if not usable[s]]
-    workloads = args.workloads or list(QUICK_WORKLOADS if quick else WORKLOADS)
-    concurrency = args.concurrency or list(QUICK_CONCURRENCY if quick else DEFAULT_CONCURRENCY)
     loops = args.loops or (["asyncio"] if quick else list(LOOPS))
     if "uvloop" in loops and importlib.util.find_spec("uvloop") is None:
-        loops.remove("uvloop")
+        loops = [lp for lp in loops if lp != "uvloop"]
         skipped["uvloop"] = "uvloop is not installed"
-    name = args.name or ("quick" if quick else "partial" if filtered else "latest")
-    out_dir: Path = args.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    show = not args.no_progress
+    filtered = any(v is not None for v in (args.systems, args.workloads, args.concurrency,
+                                           args.loops))
+    return Plan(
+        systems=[s for s in (args.systems or list(SYSTEMS)) if not usable[s]],
+        workloads=args.workloads or list(QUICK_WORKLOADS if quick else WORKLOADS),
+        concurrency=args.concurrency or list(QUICK_CONCURRENCY if quick else DEFAULT_CONCURRENCY),
+        loops=loops,
+        skipped=skipped,
+        duration=args.duration if args.duration is not None else (0.1 if quick else 0.5),
+        warmup=args.warmup if args.warmup is not None else (0.05 if quick else 0.2),
+        warmup_cap=args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 2.0),
+        repeat=args.repeat,
+        target_repeat=(args.target_repeat if args.target_repeat is not None
+                       else 1 if quick else 3),
+        name=args.name or ("quick" if quick else "partial" if filtered else "latest"),
+    )
 
-    with _server(args.dsn) as (dsn, server_note):
-        server_version = run_on_loop("asyncio", _prepare(dsn))
-        if args.profile_only:
-            from .hotpath import profile_hotpath
 
-            path = profile_hotpath(dsn, out_dir / "profile", seconds=0.3 if quick else 1.0)
-            print(f"profiles written; summary: {path}")
-            return {}
-        do_memory = not args.no_memory
-        do_machinery = not args.no_machinery
-        n_machinery = len(loops) * sum(
-            1 for base in (b for _, b, _ in MACHINERY_SYSTEMS.values()) if base in systems)
-        total = (len(loops) * len(workloads) * len(concurrency) * len(systems) * args.repeat
-                 + (len(systems) * len(concurrency) if do_memory else 0)
-                 + (n_machinery if do_machinery else 0))
-        progress = _Progress(total, show)
-        runs: dict[CellKey, list[CellResult]] = {}
-        try:
-            order_rng = random.Random(args.seed)
-            for rep in range(args.repeat):
-                for loop in loops:
-                    for workload in workloads:
-                        for conc in concurrency:
-                            # The same cell for every system back to back, in a fresh
-                            # random order each time so none always follows another.
-                            order = systems[:]
-                            order_rng.shuffle(order)
-                            for system in order:
-                                spec = CellSpec(system, workload, conc, loop, size=args.size,
-                                                duration=duration, warmup=warmup,
-                                                warmup_cap=warmup_cap,
-                                                drain_timeout=args.drain_timeout)
-                                progress.step(f"rep {rep + 1} {loop} {workload}@{conc} {system}")
-                                settle(dsn)
-                                runs.setdefault((loop, workload, system, conc), []).append(
-                                    run_cell(spec, dsn))
-            memory: list[dict[str, Any]] = []
-            if do_memory:
-                for conc in concurrency:
-                    for system in systems:
-                        spec = CellSpec(system, "select1", conc, "asyncio", size=args.size,
-                                        duration=min(duration, 0.2), warmup=0.0,
-                                        warmup_cap=min(warmup_cap, 2.0),
-                                        drain_timeout=args.drain_timeout)
-                        progress.step(f"memory select1@{conc} {system}")
-                        settle(dsn)
-                        cell, peak = memory_cell(spec, dsn)
-                        memory.append({"system": system, "concurrency": conc,
-                                       "workload": "select1", "loop": "asyncio",
-                                       "status": cell.status,
-                                       "peak_traced_kib": peak // 1024 if cell.status == "ok"
-                                       else None})
-                pinned = {m["concurrency"]: m["peak_traced_kib"] for m in memory
-                          if m["system"] == "pinned"}
-                for m in memory:
-                    ref = pinned.get(m["concurrency"])
-                    m["delta_vs_pinned_kib"] = (None if ref is None or m["peak_traced_kib"] is None
-                                                else m["peak_traced_kib"] - ref)
-            machinery = []
-            if do_machinery:
-                machinery = run_machinery(
-                    dsn, loops, batch_seconds=0.05 if quick else 0.2,
-                    repeats=2 if quick else 5, systems=systems,
-                    progress=lambda s: progress.step(f"machinery {s}"))
-        finally:
-            progress.close()
-        if args.profile:
-            from .hotpath import profile_hotpath
+def _run_memory(plan: Plan, args: argparse.Namespace, dsn: str,
+                progress: _Progress) -> list[dict[str, Any]]:
+    memory: list[dict[str, Any]] = []
+    for conc in plan.concurrency:
+        for system in plan.systems:
+            spec = CellSpec(system, "select1", conc, "asyncio", size=args.size,
+                            duration=min(plan.duration, 0.2), warmup=0.0,
+                            warmup_cap=plan.warmup_cap, drain_timeout=args.drain_timeout)
+            progress.step(f"memory select1@{conc} {system}")
+            settle(dsn)
+            cell, peak = memory_cell(spec, dsn)
+            memory.append({"system": system, "concurrency": conc, "workload": "select1",
+                           "loop": "asyncio", "status": cell.status,
+                           "peak_traced_kib": peak // 1024 if cell.status == "ok" else None})
+    pinned = {m["concurrency"]: m["peak_traced_kib"] for m in memory if m["system"] == "pinned"}
+    for m in memory:
+        ref = pinned.get(m["concurrency"])
+        m["delta_vs_pinned_kib"] = (None if ref is None or m["peak_traced_kib"] is None
+                                    else m["peak_traced_kib"] - ref)
+    return memory
 
-            profile_hotpath(dsn, out_dir / "profile", seconds=0.3 if quick else 1.0)
 
-    cells = {key: _median_cell(r) for key, r in runs.items()}
-    targets = evaluate_targets(cells, loops, machinery)
-    meta = {
+def _meta(args: argparse.Namespace, plan: Plan, started: float, server_note: str,
+          server_version: str) -> dict[str, Any]:
+    return {
         "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
             timespec="seconds"),
         "elapsed_s": time.time() - started,
@@ -286,28 +295,87 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_version": server_version,
         "versions": _versions(),
         "size": args.size,
-        "duration": duration,
-        "warmup": warmup,
-        "warmup_cap": warmup_cap,
+        "duration": plan.duration,
+        "warmup": plan.warmup,
+        "warmup_cap": plan.warmup_cap,
         "drain_timeout": args.drain_timeout,
-        "repeat": args.repeat,
-        "quick": quick,
-        "systems": {s: SYSTEMS[s].description for s in systems},
-        "skipped": skipped,
-        "workloads": {w: WORKLOADS[w].description for w in workloads},
-        "concurrency": concurrency,
-        "loops": loops,
+        "repeat": plan.repeat,
+        "target_repeat": plan.target_repeat,
+        "quick": args.quick,
+        "systems": {s: SYSTEMS[s].description for s in plan.systems},
+        "skipped": plan.skipped,
+        "workloads": {w: WORKLOADS[w].description for w in plan.workloads},
+        "concurrency": plan.concurrency,
+        "loops": plan.loops,
         "memory_method": MEMORY_METHOD,
         "asyncpool_acquire_timeout": "default (30 s)",
     }
-    doc = build_json(meta, cells, memory, machinery, targets)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run what ``args`` asks for; write the result files; return the JSON document."""
+    from .report import build_json, write_json, write_markdown, write_plot
+
+    started = time.time()
+    random.seed(args.seed)
+    plan = make_plan(args)
+    out_dir: Path = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with _server(args.dsn) as (dsn, server_note):
+        server_version = run_on_loop("asyncio", _prepare(dsn))
+        if args.profile_only:
+            from .hotpath import profile_hotpath
+
+            path = profile_hotpath(dsn, out_dir / "profile", seconds=0.3 if args.quick else 1.0)
+            print(f"profiles written; summary: {path}")
+            return {}
+        grid = plan.grid(args.seed)
+        n_machinery = 0 if args.no_machinery else len(plan.loops) * sum(
+            1 for _, base, _ in MACHINERY_SYSTEMS.values() if base in plan.systems)
+        total = (sum(len(order) for *_, order in grid) + n_machinery
+                 + (0 if args.no_memory else len(plan.systems) * len(plan.concurrency)))
+        progress = _Progress(total, not args.no_progress)
+        runs: dict[CellKey, list[CellResult]] = {}
+        memory: list[dict[str, Any]] = []
+        machinery = []
+        try:
+            for rep, loop, workload, conc, order in grid:
+                for system in order:
+                    spec = CellSpec(system, workload, conc, loop, size=args.size,
+                                    duration=plan.duration, warmup=plan.warmup,
+                                    warmup_cap=plan.warmup_cap,
+                                    drain_timeout=args.drain_timeout)
+                    progress.step(f"rep {rep + 1} {loop} {workload}@{conc} {system}")
+                    settle(dsn)
+                    runs.setdefault((loop, workload, system, conc), []).append(
+                        run_cell(spec, dsn))
+            if not args.no_memory:
+                memory = _run_memory(plan, args, dsn, progress)
+            if not args.no_machinery:
+                machinery = run_machinery(
+                    dsn, plan.loops, batch_seconds=0.05 if args.quick else 0.2,
+                    repeats=2 if args.quick else 5, systems=plan.systems,
+                    progress=lambda s: progress.step(f"machinery {s}"))
+        finally:
+            progress.close()
+        if args.profile:
+            from .hotpath import profile_hotpath
+
+            profile_hotpath(dsn, out_dir / "profile", seconds=0.3 if args.quick else 1.0)
+
+    cells = {key: _median_cell(r) for key, r in runs.items()}
+    targets = evaluate_targets(cells, plan.loops, machinery)
+    doc = build_json(_meta(args, plan, started, server_note, server_version), cells, memory,
+                     machinery, targets)
+    name = plan.name
     write_json(out_dir / f"{name}.json", doc)
     write_markdown(out_dir / f"{name}.md", doc, cells)
     if not args.no_plot:
-        write_plot(out_dir / f"{name}.png", cells, systems)
+        write_plot(out_dir / f"{name}.png", cells, plan.systems)
     print()
     print(f"Results: {out_dir / name}.{{json,md}}" + ("" if args.no_plot else " and .png"))
-    for what, why in skipped.items():
+    for what, why in plan.skipped.items():
         print(f"skipped {what}: {why}")
     for t in targets:
         print(t.line())

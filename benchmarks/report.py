@@ -84,6 +84,12 @@ def _x(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
 
 
+def _cpu(cell: CellResult | None) -> str:
+    if cell is None or cell.cpu_us_per_op is None:
+        return "-"
+    return f"{cell.cpu_us_per_op:.1f}"
+
+
 def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -113,7 +119,9 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
         f"{meta.get('server_version', '?')} on loopback TCP, pool size {meta['size']}. "
         f"Per cell: warm-up ≥ {meta['warmup']} s (until every borrower completed one "
         f"operation, at most {meta['warmup_cap']} s), then a {meta['duration']} s window; "
-        f"{meta['repeat']} repetition(s), median kept. Load average at start: "
+        f"{meta['repeat']} repetition(s) of the grid, {meta.get('target_repeat', 1)} of the "
+        "cells the targets compare (median kept: the median-throughput run, with each "
+        "latency the median over runs). Load average at start: "
         f"{meta.get('loadavg_start')}, at end: {meta.get('loadavg_end')}.",
         "",
         "Command: `" + meta["command"] + "`",
@@ -218,6 +226,12 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
                                f"[{cell.connections_opened}]")
                 rows.append(row)
             out += _table(["system", *[str(c) for c in concs]], rows)
+            out += ["Client CPU per operation, µs (this process only; the server's CPU is "
+                    "not counted):", ""]
+            out += _table(["system", *[str(c) for c in concs]], (
+                [s, *[_cpu(cells.get((loop, workload, s, c))) for c in concs]]
+                for s in present
+            ))
             if OURS in present:
                 out += ["asyncpool vs each system (throughput ratio / p99 ratio; "
                         "throughput > 1 and p99 < 1 favour asyncpool):", ""]

@@ -16,8 +16,9 @@ How a cell is measured
 * Before each cell the harness waits until no other client is connected to the
   server (``settle``): backends left exiting by the previous cell (hundreds, after
   the per-request baseline) would otherwise slow it down.
-* A borrower yields to the loop at least every 5 ms (an ``acquire`` of an idle
-  connection may never suspend, and would keep the timekeeper from running).
+* A borrower yields to the loop at least every 5 ms / ``concurrency`` (an ``acquire``
+  of an idle connection may never suspend, and would keep the timekeeper from
+  running); so one round of the loop over all borrowers stays around 5 ms.
 * Then the borrowers stop after their current operation; any still running after
   ``drain_timeout`` (typically thousands queued on a slow system) are cancelled and
   counted in ``extra["cancelled_after_window"]``. A cell in which no operation
@@ -100,6 +101,8 @@ class CellResult:
     p99_ms: float | None = None
     max_ms: float | None = None
     mean_ms: float | None = None
+    #: This process's CPU time per operation in the window (the server's is not counted).
+    cpu_us_per_op: float | None = None
     errors: dict[str, int] = dataclasses.field(default_factory=dict)
     connections_opened: int = 0
     rss_peak_delta_kib: int | None = None
@@ -171,11 +174,13 @@ async def _measure(system: System, spec: CellSpec, result: CellResult) -> None:
     errors: collections.Counter[str] = collections.Counter()
     first_round_left = n
     stop = False
+    # Share one yield period among all borrowers, so a loop round stays short.
+    budget = _YIELD_EVERY / n
 
     async def borrower(i: int) -> None:
         nonlocal first_round_left
         first = True
-        yield_at = clock() + _YIELD_EVERY
+        yield_at = clock() + budget
         while not stop:
             t0 = clock()
             in_flight[i] = t0
@@ -198,7 +203,7 @@ async def _measure(system: System, spec: CellSpec, result: CellResult) -> None:
             if t1 >= yield_at:
                 # An operation that never suspends (acquire+release of an idle
                 # connection) would otherwise starve the clock-keeping task.
-                yield_at = t1 + _YIELD_EVERY
+                yield_at = t1 + budget
                 await asyncio.sleep(0)
         in_flight[i] = math.inf
 
@@ -209,9 +214,11 @@ async def _measure(system: System, spec: CellSpec, result: CellResult) -> None:
         await asyncio.sleep(0.01)
     result.steady = first_round_left == 0
     w0 = clock()
+    cpu0 = time.process_time()
     result.warmup_s = w0 - started
     await asyncio.sleep(spec.duration)
     w1 = clock()
+    cpu = time.process_time() - cpu0
     oldest_in_flight = w1 - min(in_flight)
     stop = True
     _, pending = await asyncio.wait(tasks, timeout=spec.drain_timeout)
@@ -236,6 +243,7 @@ async def _measure(system: System, spec: CellSpec, result: CellResult) -> None:
     result.throughput = len(window) / (w1 - w0)
     result.errors = dict(errors)
     if window:
+        result.cpu_us_per_op = cpu / len(window) * 1e6
         result.p50_ms = percentile(window, 50) * 1e3
         result.p99_ms = percentile(window, 99) * 1e3
         result.mean_ms = sum(window) / len(window) * 1e3

@@ -38,8 +38,9 @@ __all__ = (
     "available_systems",
 )
 
-#: Cap on simultaneously open connections for the ``per-request`` baseline.
-PER_REQUEST_MAX_OPEN = 1000
+#: Cap on simultaneously open connections for the ``per-request`` baseline (the
+#: server's default ``max_connections``; beyond it a real server refuses clients).
+PER_REQUEST_MAX_OPEN = 100
 #: Acquire timeout given to peers (seconds): large enough that 10,000 waiters never fail.
 PEER_ACQUIRE_TIMEOUT = 600.0
 

@@ -15,7 +15,7 @@ from typing import Any
 from .machinery import MachineryResult
 from .runner import CellResult
 
-__all__ = ("CellKey", "Target", "TargetResult", "TARGETS", "evaluate_targets")
+__all__ = ("TARGETS", "CellKey", "Target", "TargetResult", "evaluate_targets", "target_cells")
 
 #: (loop, workload, system, concurrency)
 CellKey = tuple[str, str, str, int]
@@ -81,6 +81,11 @@ MACHINERY_TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("machinery: acquire+release µs, psycopg_pool vs asyncpool", "asyncpool", "psycopg", 4.0),
     ("machinery: acquire+release µs, asyncpg pool vs asyncpool", "asyncpool", "asyncpg", 20.0),
 )
+
+
+def target_cells() -> set[tuple[str, str, int]]:
+    """The (workload, system, concurrency) cells the grid targets read."""
+    return {side[:3] for t in TARGETS for side in (t.numerator, t.denominator)}
 
 
 def _describe(side: tuple[str, str, int, str]) -> str:
