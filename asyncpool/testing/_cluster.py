@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import importlib
 import os
@@ -11,7 +10,6 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
+
+from asyncpool.testing._procs import LiveSet, free_port, port_accepts
 
 __all__ = (
     "DEFAULT_SETTINGS",
@@ -102,48 +102,7 @@ def find_pg_bin() -> Path | None:
     return None
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-# --------------------------------------------------------------------------- safety net
-
-_live_servers: set[PostgresServer] = set()
-_live_lock = threading.Lock()
-_atexit_registered = False
-
-
-def _register_live(server: PostgresServer) -> None:
-    global _atexit_registered
-    with _live_lock:
-        _live_servers.add(server)
-        if not _atexit_registered:
-            atexit.register(_close_all_servers)
-            _atexit_registered = True
-
-
-def _unregister_live(server: PostgresServer) -> None:
-    with _live_lock:
-        _live_servers.discard(server)
-
-
-def _close_all_servers() -> None:
-    with _live_lock:
-        servers = list(_live_servers)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.close(mode="immediate")
+_live_servers: LiveSet[PostgresServer] = LiveSet(lambda server: server.close(mode="immediate"))
 
 
 # A detached shell that outlives us: once our process is gone (even via os._exit or
@@ -310,10 +269,10 @@ class PostgresServer:
                 self._pg_ctl_start()
                 break
             except PostgresNotFoundError:
-                if attempt == attempts - 1 or not _port_accepts(self._host, self._port):
+                if attempt == attempts - 1 or not port_accepts(self._host, self._port):
                     raise
                 # Someone else took the port between picking and binding it: pick anew.
-                self._port = _free_port(self._host)
+                self._port = free_port(self._host)
         self._started_once = True
         self._running = True
         self._wait_accepting()
@@ -367,7 +326,7 @@ class PostgresServer:
             self._port = None
             self._started_once = False
             self._running = False
-            _unregister_live(self)
+            _live_servers.discard(self)
 
     def execute_sync(self, sql: str) -> str:
         """Run ``sql`` on a fresh connection from synchronous code; return the status.
@@ -487,7 +446,7 @@ class PostgresServer:
             parent = Path(tempfile.gettempdir())
         base = Path(tempfile.mkdtemp(prefix="asyncpool-pg-", dir=parent))
         self._base = base
-        _register_live(self)
+        _live_servers.add(self)
         try:
             (base / "sock").mkdir()
             if self._run_as is not None:
@@ -509,12 +468,12 @@ class PostgresServer:
                     "--no-sync",
                 ]
             )
-            self._port = _free_port(self._host)
+            self._port = free_port(self._host)
         except BaseException:
             self._stop_watchdog()
             shutil.rmtree(base, ignore_errors=True)
             self._base = None
-            _unregister_live(self)
+            _live_servers.discard(self)
             raise
 
     def _server_options(self) -> str:
@@ -549,7 +508,7 @@ class PostgresServer:
 
     def _wait_accepting(self) -> None:
         deadline = time.monotonic() + self._startup_timeout
-        while not _port_accepts(self._host, self.port):
+        while not port_accepts(self._host, self.port):
             if time.monotonic() > deadline:
                 raise PostgresNotFoundError(
                     f"server on port {self.port} does not accept connections\n{self._log_tail()}"

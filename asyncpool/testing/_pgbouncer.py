@@ -15,22 +15,21 @@ process dies without running exit hooks.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+
+from asyncpool.testing._procs import LiveSet, free_port, port_accepts
 
 __all__ = (
     "PgBouncer",
@@ -86,48 +85,7 @@ def pgbouncer_version(binary: str | None = None) -> tuple[int, ...] | None:
     return tuple(int(part) for part in match.group(1).split("."))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-# --------------------------------------------------------------------------- safety net
-
-_live: set[PgBouncer] = set()
-_live_lock = threading.Lock()
-_atexit_registered = False
-
-
-def _register(bouncer: PgBouncer) -> None:
-    global _atexit_registered
-    with _live_lock:
-        _live.add(bouncer)
-        if not _atexit_registered:
-            atexit.register(_stop_all)
-            _atexit_registered = True
-
-
-def _unregister(bouncer: PgBouncer) -> None:
-    with _live_lock:
-        _live.discard(bouncer)
-
-
-def _stop_all() -> None:
-    with _live_lock:
-        bouncers = list(_live)
-    for bouncer in bouncers:
-        with contextlib.suppress(Exception):
-            bouncer.close()
+_live: LiveSet[PgBouncer] = LiveSet(lambda bouncer: bouncer.close())
 
 
 # Outlives us: once the owner is gone (even via SIGKILL) it kills pgbouncer and
@@ -328,7 +286,7 @@ class PgBouncer:
         first = self._port is None
         for attempt in range(3 if first else 1):
             if first:
-                self._port = _free_port(self._host)
+                self._port = free_port(self._host)
             self._write_config()
             try:
                 self._spawn(binary)
@@ -385,7 +343,7 @@ class PgBouncer:
                 shutil.rmtree(self._base, ignore_errors=True)
             self._base = None
             self._port = None
-            _unregister(self)
+            _live.discard(self)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of PgBouncer's log (for failure messages)."""
@@ -447,7 +405,7 @@ class PgBouncer:
         if self._run_as is not None:
             os.chown(base, self._run_as.pw_uid, self._run_as.pw_gid)
         self._base = base
-        _register(self)
+        _live.add(self)
         users = "".join(f'"{user}" ""\n' for user in self._users)
         (base / "userlist.txt").write_text(users)
 
@@ -478,7 +436,7 @@ class PgBouncer:
         self._proc = proc
         self._start_watchdog(proc.pid)
         deadline = time.monotonic() + self._startup_timeout
-        while not _port_accepts(self._host, self.port):
+        while not port_accepts(self._host, self.port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise PgBouncerNotFoundError(
