@@ -183,7 +183,7 @@ class Pool(AsyncpgPoolMethods):
             )
         self._state = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = 0
+        self._tid_loop: Any = None
         self._fork_gen = _fork_generation
         self._slots: set[_Slot] = set()
         self._counts = [0] * N_STATES
@@ -338,7 +338,10 @@ class Pool(AsyncpgPoolMethods):
         if self._state != _NEW:
             raise PoolUsageError(f"asyncpool pool {self.name!r} was already opened ({self._state})")
         self._loop = asyncio.get_running_loop()
-        self._thread = get_ident()
+        # asyncio's loops record the thread running them: comparing it with ours is the
+        # cheapest "are we on the pool's loop?" (only one loop runs per thread). Other
+        # loops (uvloop) are compared with the running loop instead.
+        self._tid_loop = self._loop if hasattr(self._loop, "_thread_id") else None
         if self._requested_loop is not None and self._requested_loop is not self._loop:
             raise PoolUsageError(
                 f"asyncpool pool {self.name!r} was given loop={self._requested_loop!r}, which is "
@@ -544,7 +547,11 @@ class Pool(AsyncpgPoolMethods):
         """The hot path: lend the most recently used idle connection if it needs no check."""
         if self._state is not _OPEN:
             raise self._refuse()
-        if _get_running_loop() is not self._loop or self._fork_gen != _fork_generation:
+        tid_loop = self._tid_loop
+        if (
+            tid_loop._thread_id != get_ident() if tid_loop is not None
+            else _get_running_loop() is not self._loop
+        ) or self._fork_gen != _fork_generation:
             self._check_loop()
         idle = self._idle
         if not idle or self._n_waiting:
@@ -799,8 +806,11 @@ class Pool(AsyncpgPoolMethods):
                 f"this connection belongs to asyncpool pool {conn._pool.name!r}, "
                 f"not {self.name!r}"
             )
+        tid_loop = self._tid_loop
         if (
-            get_ident() != self._thread or self._fork_gen != _fork_generation
+            (tid_loop._thread_id != get_ident() if tid_loop is not None
+             else _get_running_loop() is not self._loop)
+            or self._fork_gen != _fork_generation
         ) and self._state is not _CLOSED:
             self._check_loop()
         conn._con = None
@@ -808,13 +818,15 @@ class Pool(AsyncpgPoolMethods):
         if slot.state is not IN_USE:  # terminated while lent (pool.terminate)
             return
         now = _now()
+        held = now - slot.acquired_at
         c = self._counters
         c.released_total += 1
-        c.use_time.add(now - slot.acquired_at)
+        c.use_time.add(held)
         if self._hooks:
-            self._emit(EventKind.RELEASE, now - slot.acquired_at)
+            self._emit(EventKind.RELEASE, held)
         slot.last_used = now
-        slot.stack = None
+        if slot.stack is not None:
+            slot.stack = None
         raw = slot.conn
         if slot.callbacks is not None:
             _pg.remove_callbacks(raw, slot.callbacks)
@@ -833,14 +845,20 @@ class Pool(AsyncpgPoolMethods):
             or slot.generation != self._generation
             or (self._max_uses is not None and slot.uses >= self._max_uses)
             or (self._max_queries is not None and _pg.query_count(raw) >= self._max_queries)
-            or len(self._slots) - self._counts[CLOSING] > self._max_size
         ):
-            self._retire(slot, "lifetime, uses, expire() or resize")
+            self._retire(slot, "lifetime, uses or expire()")
             return
         rollback = _pg.needs_rollback(raw)
         if self._auto_reset and not slot.dirty and not rollback:
             c.resets_skipped_total += 1
-            self._hand_over(slot)
+            counts = self._counts
+            if not self._waiters and len(self._slots) - counts[CLOSING] <= self._max_size:
+                counts[IN_USE] -= 1  # _hand_over's common case, inlined: nobody waits
+                counts[IDLE] += 1
+                slot.state = IDLE
+                self._idle.append(slot)
+            else:
+                self._hand_over(slot)
             return
         self._on_returned_slow(slot, rollback, timeout)
 
