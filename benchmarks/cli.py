@@ -73,9 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="minimum warm-up per cell, seconds (default 0.2; quick 0.05)")
     p.add_argument("--warmup-cap", type=float, default=None,
                    help="maximum warm-up per cell, seconds (default 2; quick 1)")
-    p.add_argument("--drain-timeout", type=float, default=2.0,
+    p.add_argument("--drain-timeout", type=float, default=1.0,
                    help="seconds to let borrowers finish their operation after the window "
-                        "before cancelling them (default 2)")
+                        "before cancelling them (default 1)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the grid this many times, interleaved; keep each cell's median")
     p.add_argument("--target-repeat", type=int, default=None,
@@ -140,6 +140,24 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _asyncpool_revision() -> str:
+    """The repository commit the measured asyncpool comes from, and whether its
+    sources had uncommitted changes (an editable install measures the work tree).
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "asyncpool"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + (" + uncommitted changes in asyncpool/"
+                                  if dirty.stdout.strip() else "")
 
 
 def _loadavg() -> str:
@@ -264,7 +282,8 @@ def _run_memory(plan: Plan, args: argparse.Namespace, dsn: str,
         for system in plan.systems:
             spec = CellSpec(system, "select1", conc, "asyncio", size=args.size,
                             duration=min(plan.duration, 0.2), warmup=0.0,
-                            warmup_cap=plan.warmup_cap, drain_timeout=args.drain_timeout)
+                            warmup_cap=min(plan.warmup_cap, 1.0),
+                            drain_timeout=args.drain_timeout)
             progress.step(f"memory select1@{conc} {system}")
             settle(dsn)
             cell, peak = memory_cell(spec, dsn)
@@ -294,6 +313,7 @@ def _meta(args: argparse.Namespace, plan: Plan, started: float, server_note: str
         "server": server_note,
         "server_version": server_version,
         "versions": _versions(),
+        "asyncpool_revision": _asyncpool_revision(),
         "size": args.size,
         "duration": plan.duration,
         "warmup": plan.warmup,

@@ -126,7 +126,8 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
         "",
         "Command: `" + meta["command"] + "`",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        + f"; asyncpool at {meta.get('asyncpool_revision', '?')}.",
         "",
     ]
     out += ["## Targets", ""]

@@ -77,7 +77,7 @@ class CellSpec:
     duration: float = 0.5
     warmup: float = 0.2
     warmup_cap: float = 2.0
-    drain_timeout: float = 2.0
+    drain_timeout: float = 1.0
     setup_timeout: float = 30.0
     stop_timeout: float = 30.0
 
