@@ -36,6 +36,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CONCURRENCY = (1, 10, 100, 1000, 10000)
 QUICK_CONCURRENCY = (1, 100)
 QUICK_WORKLOADS = ("acquire", "select1")
+#: Borrower counts of the memory pass (those of them the run measures; else all).
+MEMORY_CONCURRENCY = (1, 100, 10000)
 SERVER_SETTINGS = {"max_connections": "300"}
 MEMORY_METHOD = (
     "Peak memory is tracemalloc's peak of Python allocations from pool creation to "
@@ -72,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None,
                    help="minimum warm-up per cell, seconds (default 0.2; quick 0.05)")
     p.add_argument("--warmup-cap", type=float, default=None,
-                   help="maximum warm-up per cell, seconds (default 2; quick 1)")
+                   help="maximum warm-up per cell, seconds (default 1.5; quick 1)")
     p.add_argument("--drain-timeout", type=float, default=1.0,
                    help="seconds to let borrowers finish their operation after the window "
                         "before cancelling them (default 1)")
@@ -80,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the grid this many times, interleaved; keep each cell's median")
     p.add_argument("--target-repeat", type=int, default=None,
                    help="run the cells the targets compare at least this many times "
-                        "(default 3; quick 1)")
+                        "(default 5; quick 1)")
     p.add_argument("--size", type=int, default=10, help="pool size N (default 10)")
     p.add_argument("--systems", type=_csv(str, list(SYSTEMS)), default=None,
                    help="comma-separated subset of: " + ", ".join(SYSTEMS))
@@ -148,7 +150,11 @@ def _asyncpool_revision() -> str:
     """
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    if os.environ.get("ASYNCPOOL_BENCH_REVISION"):
+        return os.environ["ASYNCPOOL_BENCH_REVISION"]
+    import asyncpool
+
+    root = Path(asyncpool.__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                               capture_output=True, text=True, timeout=10, check=True)
@@ -267,18 +273,22 @@ def make_plan(args: argparse.Namespace) -> Plan:
         skipped=skipped,
         duration=args.duration if args.duration is not None else (0.1 if quick else 0.5),
         warmup=args.warmup if args.warmup is not None else (0.05 if quick else 0.2),
-        warmup_cap=args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 2.0),
+        warmup_cap=args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 1.5),
         repeat=args.repeat,
         target_repeat=(args.target_repeat if args.target_repeat is not None
-                       else 1 if quick else 3),
+                       else 1 if quick else 5),
         name=args.name or ("quick" if quick else "partial" if filtered else "latest"),
     )
+
+
+def _memory_concurrency(plan: Plan) -> list[int]:
+    return [c for c in plan.concurrency if c in MEMORY_CONCURRENCY] or plan.concurrency
 
 
 def _run_memory(plan: Plan, args: argparse.Namespace, dsn: str,
                 progress: _Progress) -> list[dict[str, Any]]:
     memory: list[dict[str, Any]] = []
-    for conc in plan.concurrency:
+    for conc in _memory_concurrency(plan):
         for system in plan.systems:
             spec = CellSpec(system, "select1", conc, "asyncio", size=args.size,
                             duration=min(plan.duration, 0.2), warmup=0.0,
@@ -354,7 +364,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_machinery = 0 if args.no_machinery else len(plan.loops) * sum(
             1 for _, base, _ in MACHINERY_SYSTEMS.values() if base in plan.systems)
         total = (sum(len(order) for *_, order in grid) + n_machinery
-                 + (0 if args.no_memory else len(plan.systems) * len(plan.concurrency)))
+                 + (0 if args.no_memory else len(plan.systems) * len(_memory_concurrency(plan))))
         progress = _Progress(total, not args.no_progress)
         runs: dict[CellKey, list[CellResult]] = {}
         memory: list[dict[str, Any]] = []

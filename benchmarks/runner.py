@@ -76,7 +76,7 @@ class CellSpec:
     size: int = 10
     duration: float = 0.5
     warmup: float = 0.2
-    warmup_cap: float = 2.0
+    warmup_cap: float = 1.5
     drain_timeout: float = 1.0
     setup_timeout: float = 30.0
     stop_timeout: float = 30.0
@@ -270,7 +270,7 @@ async def _run_cell(spec: CellSpec, dsn: str) -> CellResult:
         try:
             await _measure(system, spec, result)
             result.connections_opened = system.connections_opened()
-            result.extra = system.extra_stats()
+            result.extra.update(system.extra_stats())
         finally:
             async with asyncio.timeout(spec.stop_timeout):
                 await system.stop()
