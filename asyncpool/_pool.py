@@ -36,6 +36,7 @@ from _thread import get_ident
 from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
+from heapq import heapify, heappop, heappush
 from time import monotonic as _now
 from types import TracebackType
 from typing import Any
@@ -202,6 +203,10 @@ class Pool(AsyncpgPoolMethods):
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._hooks: list[EventHook] = []
+        self._deadlines: list[tuple[float, int, asyncio.Future[_Slot], float]] = []
+        self._deadline_seq = 0
+        self._deadline_at = float("inf")
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._lost_logged_at = float("-inf")
         self._lost_in_burst = 0
         self._apply_config()
@@ -474,6 +479,11 @@ class Pool(AsyncpgPoolMethods):
         self._idle.clear()
 
     def _cancel_background(self, *, keep_closers: bool) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+            self._deadline_at = float("inf")
+        self._deadlines.clear()
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
@@ -622,7 +632,13 @@ class Pool(AsyncpgPoolMethods):
         return None
 
     async def _acquire_slow(self, timeout: float | None) -> PooledConnection:
-        loop = self._check_loop()
+        loop = self._loop
+        tid_loop = self._tid_loop
+        if loop is None or (
+            tid_loop._thread_id != get_ident() if tid_loop is not None
+            else _get_running_loop() is not loop
+        ) or self._fork_gen != _fork_generation:
+            loop = self._check_loop()
         if timeout is None:
             timeout = self._config.acquire_timeout
         elif timeout < 0:
@@ -662,14 +678,47 @@ class Pool(AsyncpgPoolMethods):
         self._waiters.append(fut)
         self._n_waiting += 1
         self._grow()
-        handle = loop.call_at(deadline, self._on_deadline, fut, started)
+        self._add_deadline(loop, deadline, fut, started)
         try:
             return await fut
         except BaseException as exc:
             self._abandon(fut, exc)
             raise
-        finally:
-            handle.cancel()
+
+    def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float,
+                      fut: asyncio.Future[_Slot], started: float) -> None:
+        """Track a waiter's deadline. One timer serves all waiters: it is armed for the
+        earliest deadline, and entries of waiters already served are dropped lazily.
+        """
+        if deadline == float("inf"):
+            return
+        heap = self._deadlines
+        self._deadline_seq += 1
+        heappush(heap, (deadline, self._deadline_seq, fut, started))
+        if deadline < self._deadline_at:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_at = deadline
+            self._deadline_timer = loop.call_at(deadline, self._on_deadlines)
+        elif len(heap) > 2 * self._n_waiting + 256:
+            # Served waiters' entries pile up under a long default deadline: compact.
+            self._deadlines = [entry for entry in heap if not entry[2].done()]
+            heapify(self._deadlines)
+
+    def _on_deadlines(self) -> None:
+        """The deadline timer: fail every waiter whose deadline has passed, re-arm."""
+        loop = self._loop
+        assert loop is not None
+        self._deadline_timer = None
+        self._deadline_at = float("inf")
+        heap = self._deadlines
+        now = loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            _, _, fut, started = heappop(heap)
+            self._on_deadline(fut, started)
+        if heap:
+            self._deadline_at = heap[0][0]
+            self._deadline_timer = loop.call_at(self._deadline_at, self._on_deadlines)
 
     def _abandon(self, fut: asyncio.Future[_Slot], exc: BaseException) -> None:
         """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""
@@ -1050,13 +1099,13 @@ class Pool(AsyncpgPoolMethods):
 
     def _grow(self) -> None:
         """Start background connects for waiters and for ``min_size`` (sync)."""
-        if self._state != _OPEN:
-            return
-        cfg = self._config
         n = self._counts
+        active = len(self._slots) - n[CLOSING]
+        if active >= self._max_size or self._state is not _OPEN:
+            return  # the common case under load: full, nothing to open
+        cfg = self._config
         loop = self._loop
         assert loop is not None
-        active = len(self._slots) - n[CLOSING]
         connecting = n[CONNECTING]
         target = max(cfg.min_size, 1 if self._down else 0)
         # Connections being reset (or checked) come back in about a round trip, sooner
