@@ -83,6 +83,8 @@ def _summarise(stats: pstats.Stats, case: str, ops: int, top: int = 12) -> list[
     by_package: dict[str, float] = {}
     ours = []
     for (filename, line, func), (_cc, nc, tt, ct, _callers) in raw.items():
+        if "select.epoll" in func:
+            continue
         pkg = _package(filename)
         by_package[pkg] = by_package.get(pkg, 0.0) + tt
         if pkg == "asyncpool":

@@ -16,9 +16,10 @@ How a cell is measured
 * Before each cell the harness waits until no other client is connected to the
   server (``settle``): backends left exiting by the previous cell (hundreds, after
   the per-request baseline) would otherwise slow it down.
-* A borrower yields to the loop at least every 5 ms / ``concurrency`` (an ``acquire``
-  of an idle connection may never suspend, and would keep the timekeeper from
-  running); so one round of the loop over all borrowers stays around 5 ms.
+* A borrower that has run operations for 5 ms / ``concurrency`` without any other
+  borrower running in between (so without suspending: an ``acquire`` of an idle
+  connection) yields with ``sleep(0)``, so the timekeeper still runs and a loop round
+  over all borrowers stays around 5 ms. Operations that suspend never pay for it.
 * Then the borrowers stop after their current operation; any still running after
   ``drain_timeout`` (typically thousands queued on a slow system) are cancelled and
   counted in ``extra["cancelled_after_window"]``. A cell in which no operation
@@ -61,7 +62,7 @@ LOOPS: tuple[str, ...] = ("asyncio", "uvloop")
 
 T = TypeVar("T")
 
-#: A borrower whose operations never suspend yields to the loop this often (seconds).
+#: Borrowers whose operations never suspend yield to the loop this often (seconds).
 _YIELD_EVERY = 0.005
 
 
@@ -176,11 +177,12 @@ async def _measure(system: System, spec: CellSpec, result: CellResult) -> None:
     stop = False
     # Share one yield period among all borrowers, so a loop round stays short.
     budget = _YIELD_EVERY / n
+    last_runner = [-1]  # the borrower that last finished an operation
 
     async def borrower(i: int) -> None:
         nonlocal first_round_left
         first = True
-        yield_at = clock() + budget
+        streak_start = clock()
         while not stop:
             t0 = clock()
             in_flight[i] = t0
@@ -200,10 +202,14 @@ async def _measure(system: System, spec: CellSpec, result: CellResult) -> None:
             if first:
                 first = False
                 first_round_left -= 1
-            if t1 >= yield_at:
-                # An operation that never suspends (acquire+release of an idle
+            if last_runner[0] != i:
+                # Another borrower ran since our last operation: we did suspend.
+                last_runner[0] = i
+                streak_start = t1
+            elif t1 - streak_start >= budget:
+                # Operations that never suspend (acquire+release of an idle
                 # connection) would otherwise starve the clock-keeping task.
-                yield_at = t1 + budget
+                streak_start = t1
                 await asyncio.sleep(0)
         in_flight[i] = math.inf
 
