@@ -1,7 +1,8 @@
 """Profiles of asyncpool's hot path, saved under ``benchmarks/results/profile/``.
 
-Cases: the fake-connection machinery loop (pure pool code), and the ``acquire`` and
-``select1`` workloads at 1 and 100 borrowers on the asyncio loop. Each case is run
+Cases: the fake-connection machinery loop (pure pool code), the ``acquire`` and
+``select1`` workloads at 1 and 100 borrowers and ``select1`` at 1000, on the asyncio
+loop; and ``select1`` through the ``pinned`` FIFO as the reference. Each case is run
 twice: under cProfile (deterministic: call counts and own time per function, with
 its usual per-call overhead inflating small functions) and under pyinstrument
 (sampling: a call tree of wall time). ``summary.md`` lists, per case, the share of
@@ -30,8 +31,10 @@ CASES: tuple[tuple[str, str, str | None, int], ...] = (
     ("acquire-100", "asyncpool", "acquire", 100),
     ("select1-1", "asyncpool", "select1", 1),
     ("select1-100", "asyncpool", "select1", 100),
+    ("select1-1000", "asyncpool", "select1", 1000),
     ("pinned-select1-1", "pinned", "select1", 1),
     ("pinned-select1-100", "pinned", "select1", 100),
+    ("pinned-select1-1000", "pinned", "select1", 1000),
 )
 
 _PACKAGES = ("asyncpool", "asyncpg", "asyncio", "benchmarks", "uvloop")
