@@ -519,7 +519,7 @@ class Pool(AsyncpgPoolMethods):
     async def _acquire(self, timeout: float | None) -> PooledConnection:
         conn = self._try_acquire()
         if conn is None:
-            conn = await self._acquire_slow(timeout)
+            conn = await self._wait(timeout)
         if self._config.setup is not None:
             await self._run_setup(conn)
         return conn
@@ -631,7 +631,10 @@ class Pool(AsyncpgPoolMethods):
                 return slot
         return None
 
-    async def _acquire_slow(self, timeout: float | None) -> PooledConnection:
+    async def _wait(self, timeout: float | None) -> PooledConnection:
+        """The slow path of acquire: check stale idle connections, else queue as a waiter
+        until a connection is handed over or the deadline passes (one coroutine frame).
+        """
         loop = self._loop
         tid_loop = self._tid_loop
         if loop is None or (
@@ -646,20 +649,27 @@ class Pool(AsyncpgPoolMethods):
         started = loop.time()
         deadline = started + timeout
         while True:
-            if self._state != _OPEN:
+            if self._state is not _OPEN:
                 raise self._refuse()
             slot = None if self._n_waiting else self._take_idle(_now())
             if slot is None:
-                slot = await self._wait(loop, started, deadline)
+                self._may_wait()
+                fut: asyncio.Future[_Slot] = loop.create_future()
+                self._waiters.append(fut)
+                self._n_waiting += 1
+                self._grow()
+                self._add_deadline(loop, deadline, fut, started)
+                try:
+                    slot = await fut
+                except BaseException as exc:
+                    self._abandon(fut, exc)
+                    raise
             elif slot.state is CHECKING and not await self._check(slot, started, deadline):
                 continue
             return self._lend(slot, loop.time() - started)
 
-    async def _wait(
-        self, loop: asyncio.AbstractEventLoop, started: float, deadline: float
-    ) -> _Slot:
-        """Queue as a waiter until a connection is handed over or the deadline passes."""
-        cfg = self._config
+    def _may_wait(self) -> None:
+        """Refuse to queue when the database is known down or the queue is full."""
         if self._down and not self._open_count():
             self._counters.unavailable_total += 1
             raise DatabaseUnavailable(
@@ -667,23 +677,14 @@ class Pool(AsyncpgPoolMethods):
                 f"open and the last connect failed: {self._last_connect_error!r}); retrying "
                 "in the background", self._last_connect_error,
             ) from self._last_connect_error
-        if cfg.max_waiting is not None and self._n_waiting >= cfg.max_waiting:
+        max_waiting = self._config.max_waiting
+        if max_waiting is not None and self._n_waiting >= max_waiting:
             self._counters.too_many_waiters_total += 1
             raise TooManyWaiters(
                 f"asyncpool pool {self.name!r}: {self._n_waiting} borrowers already wait "
-                f"(max_waiting={cfg.max_waiting}) and all {len(self._slots)} connections are "
+                f"(max_waiting={max_waiting}) and all {len(self._slots)} connections are "
                 "busy; raise max_waiting or max_size, or shed load"
             )
-        fut: asyncio.Future[_Slot] = loop.create_future()
-        self._waiters.append(fut)
-        self._n_waiting += 1
-        self._grow()
-        self._add_deadline(loop, deadline, fut, started)
-        try:
-            return await fut
-        except BaseException as exc:
-            self._abandon(fut, exc)
-            raise
 
     def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float,
                       fut: asyncio.Future[_Slot], started: float) -> None:
@@ -693,6 +694,8 @@ class Pool(AsyncpgPoolMethods):
         if deadline == float("inf"):
             return
         heap = self._deadlines
+        while heap and heap[0][2].done():
+            heappop(heap)  # served first in, first out: the oldest entries go first
         self._deadline_seq += 1
         heappush(heap, (deadline, self._deadline_seq, fut, started))
         if deadline < self._deadline_at:
@@ -1346,7 +1349,7 @@ class _AcquireContext:
         pool = self._pool
         conn = pool._try_acquire()
         if conn is None:
-            conn = await pool._acquire_slow(self._timeout)
+            conn = await pool._wait(self._timeout)
         if pool._setup is not None:
             await pool._run_setup(conn)
         self._conn = conn
