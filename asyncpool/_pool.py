@@ -435,6 +435,7 @@ class Pool(AsyncpgPoolMethods):
         if self._close_task is None:
             if self._state == _CLOSED:
                 return
+            self._check_loop()  # refused from another loop, before anything changes
             budget = self._config.close_timeout if timeout is None else timeout
             self._close_task = asyncio.get_running_loop().create_task(self._close(budget))
         try:
@@ -468,7 +469,29 @@ class Pool(AsyncpgPoolMethods):
         logger.info("asyncpool pool %r closed", self.name)
 
     def terminate(self) -> None:
-        """Stop at once: fail waiters, cancel background work, abort every connection."""
+        """Stop at once: fail waiters, cancel background work, abort every connection.
+
+        In a child process after ``fork()`` it only forgets the inherited connections
+        (their sockets belong to the parent). It may be called once the pool's loop has
+        stopped or closed, but not from another thread while that loop runs.
+        """
+        loop = self._loop
+        if self._fork_gen != _fork_generation:
+            # A forked child: aborting the inherited transports would break the parent's
+            # connections (shared sockets and epoll registrations). Just let go.
+            self._state = _CLOSED
+            self._slots.clear()
+            self._idle.clear()
+            self._waiters.clear()
+            self._tasks.clear()
+            self._counts = [0] * N_STATES
+            self._n_waiting = 0
+            return
+        if (
+            loop is not None and loop.is_running() and _get_running_loop() is not loop
+            and self._state is not _CLOSED
+        ):
+            self._check_loop()  # raises: another thread (or loop) while ours runs
         self._state = _CLOSED
         self._fail_waiters(PoolClosed(f"asyncpool pool {self.name!r} was terminated"))
         self._cancel_background(keep_closers=False)
@@ -487,13 +510,18 @@ class Pool(AsyncpgPoolMethods):
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
+        loop_open = self._loop is not None and not self._loop.is_closed()
         if self._maintenance is not None:
-            self._maintenance.cancel()
+            if loop_open:  # a closed loop cannot run a cancellation
+                self._maintenance.cancel()
             self._maintenance = None
         for task in list(self._tasks):
             if keep_closers and task.get_name().startswith("asyncpool-close"):
                 continue
-            task.cancel()
+            if loop_open:
+                task.cancel()
+            else:
+                self._tasks.discard(task)
 
     def _fail_waiters(self, error: BaseException) -> None:
         while self._waiters:
@@ -545,6 +573,11 @@ class Pool(AsyncpgPoolMethods):
                 "cannot be used from another loop or thread; create one pool per loop"
             )
         return loop
+
+    def _check_owner(self) -> None:
+        """Refuse an operation that changes an open pool from outside its loop/thread."""
+        if self._loop is not None and self._state in (_OPENING, _OPEN):
+            self._check_loop()
 
     def _refuse(self) -> PoolClosed | PoolUsageError:
         if self._state in (_NEW, _OPENING):
@@ -1288,6 +1321,7 @@ class Pool(AsyncpgPoolMethods):
         """
         import dataclasses
 
+        self._check_owner()
         self._config = dataclasses.replace(
             self._config,
             min_size=self._config.min_size if min_size is None else min_size,
@@ -1303,6 +1337,7 @@ class Pool(AsyncpgPoolMethods):
         """Retire every current connection gracefully (idle now, busy ones when returned);
         new connections replace them, e.g. after a credentials rotation or failover.
         """
+        self._check_owner()
         self._generation += 1
         for slot in list(self._idle):
             self._retire(slot, "expire()")
