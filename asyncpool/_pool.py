@@ -487,11 +487,8 @@ class Pool(AsyncpgPoolMethods):
             self._counts = [0] * N_STATES
             self._n_waiting = 0
             return
-        if (
-            loop is not None and loop.is_running() and _get_running_loop() is not loop
-            and self._state is not _CLOSED
-        ):
-            self._check_loop()  # raises: another thread (or loop) while ours runs
+        if self._state is not _CLOSED:
+            self._check_owner()
         self._state = _CLOSED
         self._fail_waiters(PoolClosed(f"asyncpool pool {self.name!r} was terminated"))
         self._cancel_background(keep_closers=False)
@@ -575,9 +572,17 @@ class Pool(AsyncpgPoolMethods):
         return loop
 
     def _check_owner(self) -> None:
-        """Refuse an operation that changes an open pool from outside its loop/thread."""
-        if self._loop is not None and self._state in (_OPENING, _OPEN):
-            self._check_loop()
+        """Refuse a synchronous operation on an open pool from another thread while the
+        pool's loop runs there, from inside another loop, or after ``fork()``.
+        """
+        loop = self._loop
+        if loop is None or self._state not in (_OPENING, _OPEN):
+            return
+        running = _get_running_loop()
+        if running is not loop and (
+            running is not None or loop.is_running() or self._fork_gen != _fork_generation
+        ):
+            self._check_loop()  # raises with the explanation
 
     def _refuse(self) -> PoolClosed | PoolUsageError:
         if self._state in (_NEW, _OPENING):
