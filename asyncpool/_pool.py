@@ -475,7 +475,6 @@ class Pool(AsyncpgPoolMethods):
         (their sockets belong to the parent). It may be called once the pool's loop has
         stopped or closed, but not from another thread while that loop runs.
         """
-        loop = self._loop
         if self._fork_gen != _fork_generation:
             # A forked child: aborting the inherited transports would break the parent's
             # connections (shared sockets and epoll registrations). Just let go.
