@@ -671,6 +671,7 @@ class Fuzzer:
         self.closing = False
         self.outage = False
         self.borrows_at_open = 0
+        self.frames_at_open: Counter[str] = Counter()
 
     async def run(self, target: int, *, waves: tuple[int, int] = (2, 6),
                   borrowers: tuple[int, int] = (20, 120)) -> Tally:
@@ -704,6 +705,7 @@ class Fuzzer:
         self.closing = False
         self.tally.pools += 1
         self.borrows_at_open = self.tally.borrows
+        self.frames_at_open = self.tally.by(2)
         await pool.open()
         return pool
 
@@ -794,6 +796,13 @@ class Fuzzer:
             assert stats.acquired_total == borrows, (stats.acquired_total, borrows)
         else:  # a borrow cancelled in its setup hook was lent and released internally
             assert stats.acquired_total >= borrows, (stats.acquired_total, borrows)
+        # Every cancellation that struck a queued borrower was counted by the pool (and
+        # only those, plus asyncio.wait_for's inner tasks, which the borrower cannot see).
+        frames = self.tally.by(2)
+        in_wait = frames["pool._wait"] - self.frames_at_open["pool._wait"]
+        wait_for = frames["wait_for"] - self.frames_at_open["wait_for"]
+        assert in_wait <= stats.cancelled_total <= in_wait + wait_for, (
+            stats.cancelled_total, in_wait, wait_for)
         await self.backend.check_server(pool)
         await serve_max_size(pool, self.backend.verify, self.tally)
         stats = await settle_pool(pool)
