@@ -198,7 +198,6 @@ DEFECT_6 = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_6)
 def test_terminate_after_the_loop_closed_does_not_raise() -> None:
     server = FakeServer()
     pool = asyncpool.Pool(connect=server.connect, min_size=1, max_size=2, budget_check="off")
@@ -225,7 +224,6 @@ DEFECT_3 = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_3)
 async def test_close_from_another_loop_is_refused_and_the_pool_still_closes(
     make_fake_pool: Any, fake_server: FakeServer
 ) -> None:
@@ -250,7 +248,6 @@ DEFECT_4 = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_4)
 @pytest.mark.parametrize("operation", ["resize", "expire", "terminate"])
 async def test_sync_operations_from_another_thread_are_refused(
     make_fake_pool: Any, operation: str
@@ -436,7 +433,6 @@ DEFECT_5 = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_5)
 async def test_terminate_in_forked_child_leaves_parent_connections_alone(
     forkable_pool: Any,
 ) -> None:
