@@ -701,6 +701,10 @@ class Pool(AsyncpgPoolMethods):
                 except BaseException as exc:
                     self._abandon(fut, exc)
                     raise
+                if self._state is not _OPEN:  # handed over just before close/terminate
+                    if slot in self._slots and slot.state is IN_USE:
+                        self._retire(slot, "pool closing")
+                    raise self._refuse()
             elif slot.state is CHECKING and not await self._check(slot, started, deadline):
                 continue
             return self._lend(slot, loop.time() - started)
@@ -1046,6 +1050,8 @@ class Pool(AsyncpgPoolMethods):
                 self._idle.remove(slot)
             except ValueError:
                 pass
+        # Out of the pool: a late release of its lease (after terminate) finds it closed.
+        slot.state = CLOSING
         if slot.conn is not None:
             self._counters.connections_closed_total += 1
         if self._empty is not None and not self._slots and not self._empty.done():

@@ -261,7 +261,6 @@ DEFECT_7 = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_7)
 async def test_waiter_served_as_the_pool_terminates_gets_pool_closed(
     make_fake_pool: Any,
 ) -> None:
@@ -279,7 +278,6 @@ async def test_waiter_served_as_the_pool_terminates_gets_pool_closed(
     assert pool.stats().acquired_total == 1
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_7)
 async def test_release_after_close_timeout_is_not_a_lost_connection(
     make_fake_pool: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
