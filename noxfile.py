@@ -57,5 +57,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON[0])
 def bench(session: nox.Session) -> None:
     """The benchmark suite against every peer (see benchmarks/README.md)."""
-    session.install("-e", ".[bench,test]")
+    session.install("-e", ".[bench,test]", "pyinstrument")
     session.run("python", "-m", "benchmarks", *session.posargs)
