@@ -137,9 +137,9 @@ async def test_fuzz_fake_sample() -> None:
 async def test_fuzz_real_sample(real_backend: RealBackend) -> None:
     started = time.perf_counter()
     fz = Fuzzer(real_backend, seed=424242)
-    tally = await fz.run(250, waves=(2, 3), borrowers=(15, 40))
+    tally = await fz.run(200, waves=(2, 3), borrowers=(15, 40))
     _report("random fuzz sample (real PostgreSQL)", tally, started)
-    assert tally.total >= 250
+    assert tally.total >= 200
 
 
 @pytest.mark.long
