@@ -353,3 +353,40 @@ async def test_tcp_keepalive_is_on(postgres_dsn: str) -> None:
         async with pool.acquire() as conn:
             sock = conn.raw_connection._transport.get_extra_info("socket")
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+async def test_bad_password_is_a_clear_counted_error(
+    controllable_postgres: PostgresServer,
+) -> None:
+    """A role that must authenticate by password: the wrong one fails open() with the
+    server's error, and a lazy pool counts it and fails fast."""
+    hba = controllable_postgres.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    role = f"pw_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(controllable_postgres.dsn)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right'")
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + original)
+        await admin.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(0.2)
+        async with asyncpool.create_pool(controllable_postgres.dsn, user=role,
+                                         password="right", min_size=1) as pool:
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT current_user") == role
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpool.create_pool(controllable_postgres.dsn, user=role,
+                                        password="wrong", min_size=1)
+        pool = await asyncpool.create_pool(controllable_postgres.dsn, user=role,
+                                           password="wrong", min_size=0)
+        try:
+            with pytest.raises(asyncpool.DatabaseUnavailable) as info:
+                await pool.acquire(timeout=5)
+            assert isinstance(info.value.last_error, asyncpg.InvalidPasswordError)
+            assert pool.stats().connect_errors_total >= 1
+        finally:
+            await pool.close()
+    finally:
+        hba.write_text(original)
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
