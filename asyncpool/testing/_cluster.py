@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import os
@@ -12,7 +11,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -22,7 +20,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from asyncpool.testing._procs import LiveSet, free_port, port_accepts
+from asyncpool.testing._procs import LiveSet, free_port, port_accepts, query_sync
 
 __all__ = (
     "DEFAULT_SETTINGS",
@@ -334,30 +332,7 @@ class PostgresServer:
         Runs asyncpg in a private event loop on a helper thread, so it can be called
         from inside a running event loop too (it blocks that loop while it runs).
         """
-        result: list[str] = []
-        errors: list[BaseException] = []
-
-        async def run() -> None:
-            import asyncpg
-
-            conn = await asyncpg.connect(self.dsn, timeout=self._startup_timeout)
-            try:
-                result.append(await conn.execute(sql))
-            finally:
-                await conn.close()
-
-        def target() -> None:
-            try:
-                asyncio.run(run())
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=target, name="asyncpool-execute-sync")
-        thread.start()
-        thread.join()
-        if errors:
-            raise errors[0]
-        return result[0]
+        return str(query_sync(self.dsn, sql, timeout=self._startup_timeout))
 
     def __enter__(self) -> PostgresServer:
         try:

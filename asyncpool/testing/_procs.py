@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import socket
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ("LiveSet", "free_port", "port_accepts")
+__all__ = ("LiveSet", "free_port", "port_accepts", "query_sync")
 
 T = TypeVar("T")
 
@@ -60,3 +61,34 @@ class LiveSet(Generic[T]):
         for item in items:
             with contextlib.suppress(Exception):
                 self._stop(item)
+
+
+def query_sync(dsn: str, sql: str, *, method: Literal["execute", "fetchval"] = "execute",
+               timeout: float = 10.0) -> Any:
+    """Run one statement on a fresh connection from synchronous code; it runs on a helper
+    thread with its own loop, so it also works while the caller's loop is running.
+    """
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    async def run() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+        try:
+            result.append(await getattr(conn, method)(sql))
+        finally:
+            await conn.close()
+
+    def target() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="asyncpool-query-sync")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]

@@ -14,9 +14,7 @@ at interpreter exit, or by their watchdogs if this process dies.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from asyncpool.testing._cluster import PostgresServer
+from asyncpool.testing._procs import query_sync
 
 __all__ = ("ReplicaServer", "ReplicatedPostgres")
 
@@ -183,27 +182,4 @@ class ReplicatedPostgres:
 
 def _fetch_sync(dsn: str, query: str) -> Any:
     """Run one query on a fresh connection from synchronous code (works inside a loop)."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    async def run() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            result.append(await conn.fetchval(query))
-        finally:
-            await conn.close()
-
-    def target() -> None:
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="asyncpool-replica-query")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
+    return query_sync(dsn, query, method="fetchval")
