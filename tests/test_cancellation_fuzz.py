@@ -247,18 +247,14 @@ async def test_connection_lost_while_reset_waits_for_cancel_real(postgres_dsn: s
             await pool.release(got)
 
 
-# Defect 7 (minor, seen in the fuzzer's close-under-load waves): terminate() (also the end
+# Defect 7 (minor, seen in the fuzzer's close-under-load waves; fixed in aab16cd, these
+# tests guard it): terminate() (also the end
 # of a close() timeout) removes the slots but leaves them in state IN_USE. So (a) a waiter
 # handed a connection in the same tick resumes and _lend()s it: a dead connection from a
 # closed pool instead of PoolClosed; (b) releasing a connection that terminate() aborted
 # passes release's "terminated while lent" guard (it tests slot.state) and is counted as a
 # *lost* connection, with the WARNING "lost 1 connection(s) (closed by the server or
 # broken); replacing them" after every close that had to terminate borrowers.
-DEFECT_7 = (
-    "defect 7: terminate() leaves removed slots IN_USE: a waiter handed a connection in the "
-    "same tick is lent it dead instead of PoolClosed, and releasing a terminated connection "
-    "counts it as lost (and logs 'lost ... replacing them')"
-)
 
 
 async def test_waiter_served_as_the_pool_terminates_gets_pool_closed(
