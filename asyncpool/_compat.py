@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ._slots import SlotState
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from ._config import PoolConfig
     from ._pool import _AcquireContext
     from ._slots import _Slot
@@ -39,6 +41,7 @@ class AsyncpgPoolMethods:
         # What these methods use of Pool (declared for the type checker only).
         _config: PoolConfig
         _counts: list[int]
+        _idle: deque[_Slot]
         _slots: set[_Slot]
 
         @property
@@ -63,7 +66,7 @@ class AsyncpgPoolMethods:
 
     def get_idle_size(self) -> int:
         """Return the number of open connections ready to be lent right now."""
-        return self._counts[SlotState.IDLE]
+        return len(self._idle)
 
     def get_min_size(self) -> int:
         """Return ``min_size``: the connections the pool keeps open."""

@@ -46,7 +46,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         self._pool = pool
         self._slot: _Slot | None = slot
         self._con: Any = slot.conn
-        self._lease = slot.lease
+        self._lease = slot.uses
 
     # -- lease bookkeeping -------------------------------------------------
 

@@ -25,6 +25,7 @@ __all__ = (
     "forget_listeners",
     "remove_callbacks",
     "is_broken",
+    "lease_ender",
     "needs_rollback",
     "open_connection",
     "ping",
@@ -92,15 +93,58 @@ def needs_rollback(conn: Any) -> bool:
     """True when the connection holds an open or failed transaction, or is still
     cancelling a query (all local protocol state, no I/O).
     """
-    try:
-        protocol = conn._protocol
+    protocol = getattr(conn, "_protocol", None)
+    if protocol is not None and hasattr(protocol, "_is_cancelling"):
         return bool(
             protocol.is_in_transaction()
-            or conn._top_xact is not None
+            or getattr(conn, "_top_xact", None) is not None
             or protocol._is_cancelling()
         )
+    # Not an asyncpg connection (e.g. a test double), or an aborted one.
+    return bool(conn.is_in_transaction() or getattr(conn, "_top_xact", None) is not None)
+
+
+#: What :func:`lease_ender`'s function finds when a borrower gives a connection back.
+LEASE_CLEAN, LEASE_NEEDS_ROLLBACK, LEASE_CLOSED = 0, 1, 2
+
+
+def lease_ender(conn: Any) -> Callable[[], int]:
+    """A function to call when a lease of ``conn`` ends (made once per connection).
+
+    It invalidates the asyncpg prepared statements and cursors made during the lease
+    (as asyncpg's own pool does) and returns :data:`LEASE_CLOSED` when the connection
+    is closed or aborted, :data:`LEASE_NEEDS_ROLLBACK` when it holds an open or failed
+    transaction or is still cancelling a query (see :func:`needs_rollback`), else
+    :data:`LEASE_CLEAN`. All local state, no I/O. For an asyncpg connection the
+    protocol's methods are bound once here, which keeps release cheap.
+    """
+    try:
+        protocol = conn._protocol
+        connected = protocol.is_connected
+        in_transaction = protocol.is_in_transaction
+        cancelling = protocol._is_cancelling
+        conn._aborted, conn._top_xact, conn._pool_release_ctr  # noqa: B018
     except AttributeError:  # not an asyncpg connection (e.g. a test double)
-        return bool(conn.is_in_transaction() or getattr(conn, "_top_xact", None) is not None)
+
+        def end_any() -> int:
+            if conn.is_closed():
+                return LEASE_CLOSED
+            if hasattr(conn, "_pool_release_ctr"):
+                conn._pool_release_ctr += 1
+            return LEASE_NEEDS_ROLLBACK if needs_rollback(conn) else LEASE_CLEAN
+
+        return end_any
+
+    def end_asyncpg() -> int:
+        # Connection.is_closed(), inlined (asyncpg drops _protocol only after _aborted).
+        if conn._aborted or not connected():
+            return LEASE_CLOSED
+        conn._pool_release_ctr += 1
+        if in_transaction() or conn._top_xact is not None or cancelling():
+            return LEASE_NEEDS_ROLLBACK
+        return LEASE_CLEAN
+
+    return end_asyncpg
 
 
 def query_count(conn: Any) -> int:

@@ -3,7 +3,10 @@
 Design (read this before changing anything here)
 -------------------------------------------------
 * Every connection is a :class:`_Slot` in exactly one :class:`SlotState`;
-  ``self._counts[state]`` counts them, so ``size`` is a sum, never a guess.
+  ``self._state_counts()[state]`` counts them, so ``size`` is a sum, never a guess.
+  The idle deque holds exactly the IDLE slots, so the hot path moves a slot between
+  IDLE and IN_USE without touching the counters: ``_counts[IDLE] + _counts[IN_USE]``
+  is always right, and ``_state_counts()`` settles the split from the deque.
 * State changes happen in plain synchronous methods (``_lend``, ``_hand_over``,
   ``_on_returned``, ``_discard``, ``_grow`` ...). They contain no ``await``, so on
   one event loop they need no lock and cancellation cannot interrupt them. The
@@ -14,8 +17,8 @@ Design (read this before changing anything here)
   waiter that timed out or was cancelled has a done future and is skipped. If a
   waiter is cancelled in the same tick as it was handed a connection, its
   ``except`` clause finds the result and hands the connection on: nothing is lost.
-* The hot path (an idle connection, nobody waiting): ``_try_acquire`` pops it and
-  ``_on_returned`` pushes it back. No task, timer, lock or server round trip; one
+* The hot path (an idle connection, nobody waiting): ``_AcquireContext.__aenter__``
+  pops it and ``_release_nowait`` pushes it back. No task, timer, lock or server round trip; one
   clock read each. A deadline timer exists only while a borrower waits.
 * Borrowers wait only on the pool. Connections are opened by background tasks
   (at most ``connect_concurrency`` at once) and go to the oldest waiter, like a
@@ -34,6 +37,7 @@ import traceback
 import weakref
 from _thread import get_ident
 from asyncio.events import _get_running_loop
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from heapq import heapify, heappop, heappush
@@ -56,7 +60,7 @@ from ._errors import (
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
 from ._slots import N_STATES, SlotState, _Slot
-from ._stats import PoolStats, _Counters
+from ._stats import HISTOGRAM_BOUNDS, PoolStats, _Counters
 
 __all__ = ("Pool", "create_pool")
 
@@ -69,15 +73,27 @@ RETURNING = SlotState.RETURNING
 CHECKING = SlotState.CHECKING
 CLOSING = SlotState.CLOSING
 
+_FIRST_BOUND = HISTOGRAM_BOUNDS[0]
+_LEASE_CLOSED = _pg.LEASE_CLOSED
+_LEASE_NEEDS_ROLLBACK = _pg.LEASE_NEEDS_ROLLBACK
+
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED = "new", "opening", "open", "closing", "closed"
 
 # Bumped in a child process after fork(): a pool opened before the fork refuses to work.
 _fork_generation = 0
 
 
+# Pools opened in this process: after fork() the child makes their cheap "on the
+# pool's loop?" test fail, so every use goes to _check_loop, which refuses.
+_opened_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
+    for pool in list(_opened_pools):
+        pool._tid_loop = None
+        pool._owner_tid = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -185,6 +201,8 @@ class Pool(AsyncpgPoolMethods):
         self._state = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tid_loop: Any = None
+        self._owner_tid: int | None = None
+        self._done: asyncio.Future[None]  # a done future, made by open() (see __aexit__)
         self._fork_gen = _fork_generation
         self._slots: set[_Slot] = set()
         self._counts = [0] * N_STATES
@@ -217,6 +235,7 @@ class Pool(AsyncpgPoolMethods):
         self._ping_after = float("inf") if cfg.ping_after_idle is None else cfg.ping_after_idle
         self._max_uses = cfg.max_uses
         self._max_queries = cfg.max_queries
+        self._limit_uses = cfg.max_uses is not None or cfg.max_queries is not None
         self._max_size = cfg.max_size
         self._setup = cfg.setup
         self._leak_timeout = cfg.leak_timeout
@@ -248,7 +267,7 @@ class Pool(AsyncpgPoolMethods):
     def stats(self) -> PoolStats:
         """A frozen snapshot of sizes, counters and time summaries."""
         c = self._counters
-        n = self._counts
+        n = self._state_counts()
         cfg = self._config
         return PoolStats(
             name=cfg.name,
@@ -262,8 +281,8 @@ class Pool(AsyncpgPoolMethods):
             checking=n[CHECKING],
             closing=n[CLOSING],
             waiting=self._n_waiting,
-            acquired_total=c.acquired_total,
-            released_total=c.released_total,
+            acquired_total=c.immediate_total + c.wait_time.count,
+            released_total=c.use_time.count,
             timeouts_total=c.timeouts_total,
             cancelled_total=c.cancelled_total,
             too_many_waiters_total=c.too_many_waiters_total,
@@ -303,7 +322,7 @@ class Pool(AsyncpgPoolMethods):
         emit(self._hooks, PoolEvent(kind, self._config.name, seconds, reason, error))
 
     def __repr__(self) -> str:
-        n = self._counts
+        n = self._state_counts()
         return (
             f"<Pool {self.name!r} {self._state} [size={len(self._slots)}/{self._config.max_size}: "
             f"idle={n[IDLE]} in_use={n[IN_USE]} connecting={n[CONNECTING]} "
@@ -347,6 +366,10 @@ class Pool(AsyncpgPoolMethods):
         # cheapest "are we on the pool's loop?" (only one loop runs per thread). Other
         # loops (uvloop) are compared with the running loop instead.
         self._tid_loop = self._loop if hasattr(self._loop, "_thread_id") else None
+        self._owner_tid = get_ident()
+        _opened_pools.add(self)
+        self._done = self._loop.create_future()
+        self._done.set_result(None)
         if self._requested_loop is not None and self._requested_loop is not self._loop:
             raise PoolUsageError(
                 f"asyncpool pool {self.name!r} was given loop={self._requested_loop!r}, which is "
@@ -363,7 +386,7 @@ class Pool(AsyncpgPoolMethods):
         except BaseException:
             self.terminate()
             raise
-        if slots and self._counts[IDLE] == 0:
+        if slots and not self._idle:
             error = self._last_connect_error or PoolClosed(
                 f"asyncpool pool {self.name!r} was closed while opening"
             )
@@ -381,7 +404,7 @@ class Pool(AsyncpgPoolMethods):
         )
         logger.info(
             "asyncpool pool %r opened: %d connection(s), min_size=%d max_size=%d",
-            self.name, self._counts[IDLE], self._config.min_size, self._config.max_size,
+            self.name, len(self._idle), self._config.min_size, self._config.max_size,
         )
         self._grow()
 
@@ -540,13 +563,18 @@ class Pool(AsyncpgPoolMethods):
         """
         return _AcquireContext(self, timeout)
 
-    async def _acquire(self, timeout: float | None) -> PooledConnection:
-        conn = self._try_acquire()
-        if conn is None:
-            conn = await self._wait(timeout)
-        if self._config.setup is not None:
-            await self._run_setup(conn)
-        return conn
+    def _off_loop(self) -> bool:
+        """Cheap test: True unless called on the pool's open loop, in its thread, in the
+        process that opened it. asyncio's loops record the thread running them; other
+        loops (uvloop) are compared by the opening thread and ``is_running()``, since
+        only one loop runs per thread. After fork() it is always True. When True,
+        :meth:`_check_loop` decides (and explains).
+        """
+        tid_loop = self._tid_loop
+        if tid_loop is not None:
+            return bool(tid_loop._thread_id != get_ident())
+        loop = self._loop
+        return self._owner_tid != get_ident() or loop is None or not loop.is_running()
 
     def _check_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -568,6 +596,8 @@ class Pool(AsyncpgPoolMethods):
                 f"asyncpool pool {self.name!r} belongs to the event loop it was opened on and "
                 "cannot be used from another loop or thread; create one pool per loop"
             )
+        if self._tid_loop is None:
+            self._owner_tid = get_ident()  # uvloop run from another thread this time
         return loop
 
     def _check_owner(self) -> None:
@@ -590,55 +620,12 @@ class Pool(AsyncpgPoolMethods):
             )
         return PoolClosed(f"asyncpool pool {self.name!r} is closed; no connections are lent")
 
-    def _try_acquire(self) -> PooledConnection | None:
-        """The hot path: lend the most recently used idle connection if it needs no check."""
-        if self._state is not _OPEN:
-            raise self._refuse()
-        tid_loop = self._tid_loop
-        if (
-            tid_loop._thread_id != get_ident() if tid_loop is not None
-            else _get_running_loop() is not self._loop
-        ) or self._fork_gen != _fork_generation:
-            self._check_loop()
-        idle = self._idle
-        if not idle or self._n_waiting:
-            return None
-        slot = idle[-1]
-        now = _now()
-        if (
-            now >= slot.expires_at
-            or now - slot.last_used >= self._ping_after
-            or slot.conn.is_closed()
-        ):
-            return None
-        idle.pop()
-        counts = self._counts
-        counts[IDLE] -= 1
-        counts[IN_USE] += 1
-        slot.state = IN_USE
-        slot.uses += 1
-        slot.lease += 1
-        slot.acquired_at = now
-        slot.dirty = False
-        c = self._counters
-        c.acquired_total += 1
-        c.immediate_total += 1
-        if self._hooks:
-            self._emit(EventKind.ACQUIRE, 0.0)
-        if self._leak_timeout is not None:
-            slot.leak_reported = False
-            slot.stack = "".join(traceback.format_stack(limit=12)[:-2])
-        return PooledConnection(self, slot)
-
     def _lend(self, slot: _Slot, waited: float) -> PooledConnection:
         """Turn an IN_USE-reserved slot into a lease after a wait (sync)."""
         slot.uses += 1
-        slot.lease += 1
         slot.acquired_at = _now()
         slot.dirty = False
-        c = self._counters
-        c.acquired_total += 1
-        c.wait_time.add(waited)
+        self._counters.wait_time.add(waited)
         if self._hooks:
             self._emit(EventKind.ACQUIRE, waited)
         if self._leak_timeout is not None:
@@ -673,11 +660,7 @@ class Pool(AsyncpgPoolMethods):
         until a connection is handed over or the deadline passes (one coroutine frame).
         """
         loop = self._loop
-        tid_loop = self._tid_loop
-        if loop is None or (
-            tid_loop._thread_id != get_ident() if tid_loop is not None
-            else _get_running_loop() is not loop
-        ) or self._fork_gen != _fork_generation:
+        if loop is None or self._off_loop():
             loop = self._check_loop()
         if timeout is None:
             timeout = self._config.acquire_timeout
@@ -798,7 +781,7 @@ class Pool(AsyncpgPoolMethods):
         fut.set_exception(error)
 
     def _diagnose_timeout(self, waited: float) -> str:
-        n = self._counts
+        n = self._state_counts()
         cfg = self._config
         now = _now()
         held = [now - s.acquired_at for s in self._slots if s.state is IN_USE]
@@ -883,27 +866,19 @@ class Pool(AsyncpgPoolMethods):
     def _release_nowait(self, conn: PooledConnection, timeout: float | None = None) -> None:
         try:
             slot = conn._slot
+            mine = conn._pool is self
         except AttributeError:
             raise PoolUsageError(
                 f"release() takes a connection lent by asyncpool pool {self.name!r}, "
                 f"got {conn!r}"
             ) from None
-        if slot is None:
-            if conn._pool is self:
-                return  # released twice: harmless, as in asyncpg
-            raise ConnectionReleasedError(
-                f"this connection was already released to asyncpool pool {conn._pool.name!r}"
-            )
-        if conn._pool is not self:
-            raise PoolUsageError(
-                f"this connection belongs to asyncpool pool {conn._pool.name!r}, "
-                f"not {self.name!r}"
-            )
-        tid_loop = self._tid_loop
+        if slot is None or not mine:
+            self._check_release(conn)
+            return
+        tid_loop = self._tid_loop  # _off_loop(), inlined
         if (
-            (tid_loop._thread_id != get_ident() if tid_loop is not None
-             else _get_running_loop() is not self._loop)
-            or self._fork_gen != _fork_generation
+            tid_loop._thread_id != get_ident() if tid_loop is not None
+            else self._owner_tid != get_ident() or not self._loop.is_running()  # type: ignore[union-attr]
         ) and self._state is not _CLOSED:
             self._check_loop()
         conn._con = None
@@ -913,47 +888,63 @@ class Pool(AsyncpgPoolMethods):
         now = _now()
         held = now - slot.acquired_at
         c = self._counters
-        c.released_total += 1
-        c.use_time.add(held)
+        use_time = c.use_time  # _Recorder.add, inlined
+        use_time.sum += held
+        if held > use_time.max:
+            use_time.max = held
+        if held <= _FIRST_BOUND:  # the common case: skip the search
+            use_time.buckets[0] += 1
+        else:
+            use_time.buckets[bisect_left(HISTOGRAM_BOUNDS, held)] += 1
         if self._hooks:
             self._emit(EventKind.RELEASE, held)
         slot.last_used = now
         if slot.stack is not None:
             slot.stack = None
-        raw = slot.conn
         if slot.callbacks is not None:
-            _pg.remove_callbacks(raw, slot.callbacks)
+            _pg.remove_callbacks(slot.conn, slot.callbacks)
             slot.callbacks = None
-        if raw.is_closed():
+        ended = slot.end_lease()
+        if ended == _LEASE_CLOSED:
             self._discard(slot, lost=True)
             return
-        try:
-            # Invalidate asyncpg PreparedStatement/cursor objects made during the lease.
-            raw._pool_release_ctr += 1
-        except AttributeError:
-            pass
         if (
             self._state is not _OPEN
             or now >= slot.expires_at
             or slot.generation != self._generation
-            or (self._max_uses is not None and slot.uses >= self._max_uses)
-            or (self._max_queries is not None and _pg.query_count(raw) >= self._max_queries)
+            or (self._limit_uses and (
+                (self._max_uses is not None and slot.uses >= self._max_uses)
+                or (self._max_queries is not None
+                    and _pg.query_count(slot.conn) >= self._max_queries)
+            ))
         ):
             self._retire(slot, "lifetime, uses or expire()")
             return
-        rollback = _pg.needs_rollback(raw)
+        rollback = ended == _LEASE_NEEDS_ROLLBACK
         if self._auto_reset and not slot.dirty and not rollback:
             c.resets_skipped_total += 1
-            counts = self._counts
-            if not self._waiters and len(self._slots) - counts[CLOSING] <= self._max_size:
-                counts[IN_USE] -= 1  # _hand_over's common case, inlined: nobody waits
-                counts[IDLE] += 1
-                slot.state = IDLE
+            if (not self._waiters
+                    and len(self._slots) - self._counts[CLOSING] <= self._max_size):
+                slot.state = IDLE  # _hand_over's common case, inlined: nobody waits
                 self._idle.append(slot)
             else:
                 self._hand_over(slot)
             return
         self._on_returned_slow(slot, rollback, timeout)
+
+    def _check_release(self, conn: PooledConnection) -> None:
+        """A release that is not of a live lease of this pool: return for a second
+        release of the same connection (harmless, as in asyncpg), else raise.
+        """
+        if conn._slot is None:
+            if conn._pool is self:
+                return
+            raise ConnectionReleasedError(
+                f"this connection was already released to asyncpool pool {conn._pool.name!r}"
+            )
+        raise PoolUsageError(
+            f"this connection belongs to asyncpool pool {conn._pool.name!r}, not {self.name!r}"
+        )
 
     def _on_returned_slow(self, slot: _Slot, rollback: bool, timeout: float | None) -> None:
         """A returned connection that may need a reset, by the configured mode."""
@@ -1014,7 +1005,7 @@ class Pool(AsyncpgPoolMethods):
             pass
 
     def _reclaim(self, slot: _Slot, lease: int) -> None:
-        if slot.state is not IN_USE or slot.lease != lease or slot not in self._slots:
+        if slot.state is not IN_USE or slot.uses != lease or slot not in self._slots:
             return
         self._counters.leaks_total += 1
         if self._hooks:
@@ -1027,6 +1018,17 @@ class Pool(AsyncpgPoolMethods):
         self._discard(slot, lost=False, reason="garbage-collected")
 
     # ------------------------------------------------------ state changes (sync)
+
+    def _state_counts(self) -> list[int]:
+        """Slots per :class:`SlotState` (index by state). Settles the IDLE/IN_USE split
+        from the idle deque, which holds exactly the IDLE slots; their sum is kept exact
+        by every state change.
+        """
+        counts = self._counts
+        ready = counts[IDLE] + counts[IN_USE]
+        counts[IDLE] = len(self._idle)
+        counts[IN_USE] = ready - counts[IDLE]
+        return counts
 
     def _set(self, slot: _Slot, state: SlotState) -> None:
         counts = self._counts
@@ -1074,9 +1076,7 @@ class Pool(AsyncpgPoolMethods):
         if len(self._slots) - self._counts[CLOSING] > self._max_size:
             self._retire(slot, "resize")  # max_size shrank while it was connecting or resetting
             return False
-        self._counts[IN_USE] -= 1
-        self._counts[IDLE] += 1
-        slot.state = IDLE
+        slot.state = IDLE  # IN_USE -> IDLE: no counter changes (see the module notes)
         self._idle.append(slot)
         return False
 
@@ -1204,6 +1204,7 @@ class Pool(AsyncpgPoolMethods):
         if self._hooks:
             self._emit(EventKind.CONNECT, elapsed)
         slot.conn = conn
+        slot.end_lease = _pg.lease_ender(conn)
         slot.created_at = slot.last_used = now
         if cfg.max_lifetime is not None:
             slot.expires_at = now + cfg.max_lifetime * (1 - cfg.lifetime_jitter * random.random())
@@ -1378,7 +1379,13 @@ async def _maintain(pool_ref: weakref.ref[Pool], interval: float) -> None:
 
 
 class _AcquireContext:
-    """What :meth:`Pool.acquire` returns: awaitable, and an async context manager."""
+    """What :meth:`Pool.acquire` returns: awaitable, and an async context manager.
+
+    The hot path lives here, inlined (a method call is a tenth of what an idle
+    acquire costs): lend the most recently used idle connection when it needs no
+    check. Its state change is synchronous and ends before the first ``await``;
+    everything else goes to :meth:`Pool._wait`.
+    """
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
@@ -1388,11 +1395,40 @@ class _AcquireContext:
         self._conn: PooledConnection | None = None
 
     def __await__(self) -> Generator[Any, None, PooledConnection]:
-        return self._pool._acquire(self._timeout).__await__()
+        return self.__aenter__().__await__()
 
     async def __aenter__(self) -> PooledConnection:
         pool = self._pool
-        conn = pool._try_acquire()
+        if pool._state is not _OPEN:
+            raise pool._refuse()
+        tid_loop = pool._tid_loop  # Pool._off_loop(), inlined
+        if (
+            tid_loop._thread_id != get_ident() if tid_loop is not None
+            else pool._owner_tid != get_ident() or not pool._loop.is_running()  # type: ignore[union-attr]
+        ):
+            pool._check_loop()
+        idle = pool._idle
+        conn = None
+        if idle and not pool._n_waiting:
+            slot = idle[-1]
+            now = _now()
+            if (
+                now < slot.expires_at
+                and now - slot.last_used < pool._ping_after
+                and not slot.conn.is_closed()
+            ):
+                idle.pop()
+                slot.state = IN_USE  # IDLE -> IN_USE: no counter changes (module notes)
+                slot.uses += 1
+                slot.acquired_at = now
+                slot.dirty = False
+                pool._counters.immediate_total += 1
+                if pool._hooks:
+                    pool._emit(EventKind.ACQUIRE, 0.0)
+                if pool._leak_timeout is not None:
+                    slot.leak_reported = False
+                    slot.stack = "".join(traceback.format_stack(limit=12)[:-1])
+                conn = PooledConnection(pool, slot)
         if conn is None:
             conn = await pool._wait(self._timeout)
         if pool._setup is not None:
@@ -1400,20 +1436,24 @@ class _AcquireContext:
         self._conn = conn
         return conn
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
+        # Not a coroutine: release never waits, so hand back an already-done future
+        # (cheaper than a coroutine object; nothing to cancel either way).
         conn = self._conn
         self._conn = None
+        pool = self._pool
         if conn is not None and conn._slot is not None:
             if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
                 # Cancelled anywhere inside the block (perhaps between asyncpg's prepare
                 # and execute): make the reset end whatever the server session holds.
                 conn._slot.dirty = True
-            self._pool._release_nowait(conn)
+            pool._release_nowait(conn)
+        return pool._done
 
 
 def create_pool(dsn: str | None = None, **kwargs: Any) -> Pool:

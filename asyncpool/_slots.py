@@ -9,6 +9,7 @@ check after every scenario.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ("SlotState", "_Slot")
@@ -36,6 +37,10 @@ class SlotState(enum.IntEnum):
 N_STATES = len(SlotState)
 
 
+def _no_lease() -> int:
+    raise RuntimeError("asyncpool internal error: a lease ended on a slot without a connection")
+
+
 class _Slot:
     """One connection and its lifecycle facts (internal)."""
 
@@ -45,10 +50,10 @@ class _Slot:
         "conn",
         "created_at",
         "dirty",
+        "end_lease",
         "expires_at",
         "generation",
         "last_used",
-        "lease",
         "leak_reported",
         "stack",
         "state",
@@ -58,13 +63,15 @@ class _Slot:
     def __init__(self, generation: int) -> None:
         self.state = SlotState.CONNECTING
         self.conn: Any = None
+        # _pg.lease_ender(conn), made when the connection opens.
+        self.end_lease: Callable[[], int] = _no_lease
         self.generation = generation
         self.created_at = 0.0
         self.expires_at = float("inf")
         self.last_used = 0.0
         self.acquired_at = 0.0
+        # Lends so far; also the lease number a lost wrapper's reclaim is checked against.
         self.uses = 0
-        self.lease = 0
         self.dirty = False
         self.leak_reported = False
         self.stack: str | None = None

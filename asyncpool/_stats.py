@@ -38,16 +38,20 @@ class TimeSummary:
 class _Recorder:
     """Mutable accumulator behind a :class:`TimeSummary` (internal)."""
 
-    __slots__ = ("buckets", "count", "max", "sum")
+    __slots__ = ("buckets", "max", "sum")
 
     def __init__(self) -> None:
-        self.count = 0
         self.sum = 0.0
         self.max = 0.0
+        # The count is the buckets' total: one store less per sample on the hot path.
         self.buckets = [0] * (len(HISTOGRAM_BOUNDS) + 1)
 
+    @property
+    def count(self) -> int:
+        """Durations recorded so far."""
+        return sum(self.buckets)
+
     def add(self, seconds: float) -> None:
-        self.count += 1
         self.sum += seconds
         if seconds > self.max:
             self.max = seconds
@@ -57,14 +61,13 @@ class _Recorder:
         """Freeze, adding ``zeros`` durations of 0 s (counted apart on the hot path)."""
         buckets = list(self.buckets)
         buckets[0] += zeros
-        return TimeSummary(self.count + zeros, self.sum, self.max, tuple(buckets))
+        return TimeSummary(sum(buckets), self.sum, self.max, tuple(buckets))
 
 
 class _Counters:
     """The pool's mutable counters (internal); see :class:`PoolStats` for meanings."""
 
     __slots__ = (
-        "acquired_total",
         "cancelled_total",
         "immediate_total",
         "connect_errors_total",
@@ -75,7 +78,6 @@ class _Counters:
         "leaks_total",
         "pings_failed_total",
         "pings_total",
-        "released_total",
         "resets_skipped_total",
         "resets_total",
         "timeouts_total",
@@ -86,9 +88,9 @@ class _Counters:
     )
 
     def __init__(self) -> None:
-        self.acquired_total = 0
+        # Lent without waiting; lent after a wait is wait_time's count, so
+        # acquired = immediate + wait_time.count and released = use_time.count.
         self.immediate_total = 0
-        self.released_total = 0
         self.timeouts_total = 0
         self.cancelled_total = 0
         self.too_many_waiters_total = 0

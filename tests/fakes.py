@@ -122,7 +122,11 @@ def check_invariants(pool: Any) -> None:
     by_state = [0] * 6
     for slot in pool._slots:
         by_state[slot.state] += 1
-    assert by_state == pool._counts, (by_state, pool._counts)
+    # The IDLE/IN_USE split is settled from the idle deque: it must hold exactly
+    # the IDLE slots, once each.
+    counts = pool._state_counts()
+    assert by_state == counts, (by_state, counts)
+    assert len(set(pool._idle)) == len(pool._idle)
     assert stats.size == len(pool._slots)
     assert stats.size == (stats.idle + stats.in_use + stats.connecting + stats.returning
                           + stats.checking + stats.closing)
