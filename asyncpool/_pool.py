@@ -48,7 +48,7 @@ from typing import Any
 from . import _pg
 from ._compat import AsyncpgPoolMethods
 from ._config import PoolConfig
-from ._connection import PooledConnection
+from ._connection import PooledConnection, lease
 from ._errors import (
     ConnectionBudgetExceeded,
     ConnectionReleasedError,
@@ -73,6 +73,7 @@ RETURNING = SlotState.RETURNING
 CHECKING = SlotState.CHECKING
 CLOSING = SlotState.CLOSING
 
+_new_object = object.__new__
 _FIRST_BOUND = HISTOGRAM_BOUNDS[0]
 _LEASE_CLOSED = _pg.LEASE_CLOSED
 _LEASE_NEEDS_ROLLBACK = _pg.LEASE_NEEDS_ROLLBACK
@@ -221,6 +222,8 @@ class Pool(AsyncpgPoolMethods):
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._hooks: list[EventHook] = []
+        self._leak_timeout: float | None = None
+        self._setup: Callable[[Any], Awaitable[None]] | None = None
         self._deadlines: list[tuple[float, int, asyncio.Future[_Slot], float]] = []
         self._deadline_seq = 0
         self._deadline_at = float("inf")
@@ -239,6 +242,7 @@ class Pool(AsyncpgPoolMethods):
         self._max_size = cfg.max_size
         self._setup = cfg.setup
         self._leak_timeout = cfg.leak_timeout
+        self._update_extras()
         self._auto_reset = cfg.reset == "auto" and not cfg.shares_server_sessions
         self._statement_pooler = cfg.pooler == "pgbouncer-statement"
 
@@ -312,10 +316,18 @@ class Pool(AsyncpgPoolMethods):
         discard, timeout, leak ...). A hook that raises is logged and ignored.
         """
         self._hooks.append(hook)
+        self._update_extras()
 
     def remove_event_hook(self, hook: EventHook) -> None:
         """Stop calling a hook added with :meth:`add_event_hook`."""
         self._hooks.remove(hook)
+        self._update_extras()
+
+    def _update_extras(self) -> None:
+        # One test on the hot path instead of three.
+        self._extras = bool(self._hooks) or self._leak_timeout is not None or (
+            self._setup is not None
+        )
 
     def _emit(self, kind: EventKind, seconds: float | None = None, reason: str | None = None,
               error: BaseException | None = None) -> None:
@@ -561,7 +573,11 @@ class Pool(AsyncpgPoolMethods):
         Raises :class:`PoolTimeout`, :class:`PoolClosed`, :class:`TooManyWaiters`
         or :class:`DatabaseUnavailable`.
         """
-        return _AcquireContext(self, timeout)
+        context: _AcquireContext = _new_object(_AcquireContext)  # no __init__ call: cheaper
+        context._pool = self
+        context._timeout = timeout
+        context._conn = None
+        return context
 
     def _off_loop(self) -> bool:
         """Cheap test: True unless called on the pool's open loop, in its thread, in the
@@ -626,12 +642,17 @@ class Pool(AsyncpgPoolMethods):
         slot.acquired_at = _now()
         slot.dirty = False
         self._counters.wait_time.add(waited)
+        if self._extras:
+            self._on_lent(slot, waited, 4)
+        return lease(self, slot)
+
+    def _on_lent(self, slot: _Slot, waited: float, frames: int) -> None:
+        """Event hooks and leak tracking of a lend; ``frames``: pool frames on the stack."""
         if self._hooks:
             self._emit(EventKind.ACQUIRE, waited)
         if self._leak_timeout is not None:
             slot.leak_reported = False
-            slot.stack = "".join(traceback.format_stack(limit=12)[:-3])
-        return PooledConnection(self, slot)
+            slot.stack = "".join(traceback.format_stack(limit=10 + frames)[:-frames])
 
     def _take_idle(self, now: float) -> _Slot | None:
         """Pop an idle connection for a borrower; retire expired or broken ones on the way.
@@ -875,6 +896,12 @@ class Pool(AsyncpgPoolMethods):
         if slot is None or not mine:
             self._check_release(conn)
             return
+        self._returned(conn, slot, timeout)
+
+    def _returned(self, conn: PooledConnection, slot: _Slot, timeout: float | None) -> None:
+        """End the lease of ``conn`` (live, of this pool) on ``slot`` (sync): the hot path
+        of release, also called straight from ``_AcquireContext.__aexit__``.
+        """
         tid_loop = self._tid_loop  # _off_loop(), inlined
         if (
             tid_loop._thread_id != get_ident() if tid_loop is not None
@@ -1389,10 +1416,10 @@ class _AcquireContext:
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: PooledConnection | None = None
+    # Made by Pool.acquire(), never by calling the class.
+    _pool: Pool
+    _timeout: float | None
+    _conn: PooledConnection | None
 
     def __await__(self) -> Generator[Any, None, PooledConnection]:
         return self.__aenter__().__await__()
@@ -1408,7 +1435,6 @@ class _AcquireContext:
         ):
             pool._check_loop()
         idle = pool._idle
-        conn = None
         if idle and not pool._n_waiting:
             slot = idle[-1]
             now = _now()
@@ -1423,14 +1449,18 @@ class _AcquireContext:
                 slot.acquired_at = now
                 slot.dirty = False
                 pool._counters.immediate_total += 1
-                if pool._hooks:
-                    pool._emit(EventKind.ACQUIRE, 0.0)
-                if pool._leak_timeout is not None:
-                    slot.leak_reported = False
-                    slot.stack = "".join(traceback.format_stack(limit=12)[:-1])
-                conn = PooledConnection(pool, slot)
-        if conn is None:
-            conn = await pool._wait(self._timeout)
+                conn = _new_object(PooledConnection)  # _connection.lease(), inlined
+                conn._pool = pool
+                conn._slot = slot
+                conn._con = slot.conn
+                conn._lease = slot.uses
+                if pool._extras:
+                    pool._on_lent(slot, 0.0, 2)
+                    if pool._setup is not None:
+                        await pool._run_setup(conn)
+                self._conn = conn
+                return conn
+        conn = await pool._wait(self._timeout)
         if pool._setup is not None:
             await pool._run_setup(conn)
         self._conn = conn
@@ -1447,12 +1477,14 @@ class _AcquireContext:
         conn = self._conn
         self._conn = None
         pool = self._pool
-        if conn is not None and conn._slot is not None:
-            if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
-                # Cancelled anywhere inside the block (perhaps between asyncpg's prepare
-                # and execute): make the reset end whatever the server session holds.
-                conn._slot.dirty = True
-            pool._release_nowait(conn)
+        if conn is not None:
+            slot = conn._slot
+            if slot is not None:  # else released inside the block already
+                if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+                    # Cancelled anywhere inside the block (perhaps between asyncpg's
+                    # prepare and execute): make the reset end whatever the session holds.
+                    slot.dirty = True
+                pool._returned(conn, slot, None)
         return pool._done
 
 
