@@ -211,6 +211,8 @@ class Pool(AsyncpgPoolMethods):
         self._waiters: deque[asyncio.Future[_Slot]] = deque()
         self._n_waiting = 0
         self._counters = _Counters()
+        self._lends_gone = 0  # lends of slots no longer in the pool (see _lends)
+        self._over_max = False  # above max_size after resize(): returns check the bound
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
@@ -272,6 +274,7 @@ class Pool(AsyncpgPoolMethods):
         """A frozen snapshot of sizes, counters and time summaries."""
         c = self._counters
         n = self._state_counts()
+        acquired = self._lends() - c.lends_before
         cfg = self._config
         return PoolStats(
             name=cfg.name,
@@ -285,7 +288,7 @@ class Pool(AsyncpgPoolMethods):
             checking=n[CHECKING],
             closing=n[CLOSING],
             waiting=self._n_waiting,
-            acquired_total=c.immediate_total + c.wait_time.count,
+            acquired_total=acquired,
             released_total=c.use_time.count,
             timeouts_total=c.timeouts_total,
             cancelled_total=c.cancelled_total,
@@ -296,11 +299,11 @@ class Pool(AsyncpgPoolMethods):
             connections_lost_total=c.connections_lost_total,
             connect_errors_total=c.connect_errors_total,
             resets_total=c.resets_total,
-            resets_skipped_total=c.resets_skipped_total,
+            resets_skipped_total=c.use_time.count - c.returns_not_skipped,
             pings_total=c.pings_total,
             pings_failed_total=c.pings_failed_total,
             leaks_total=c.leaks_total,
-            wait_time=c.wait_time.snapshot(c.immediate_total),
+            wait_time=c.wait_time.snapshot(acquired - c.wait_time.count),
             use_time=c.use_time.snapshot(),
             connect_time=c.connect_time.snapshot(),
         )
@@ -309,7 +312,12 @@ class Pool(AsyncpgPoolMethods):
         """Return :meth:`stats` and reset the counters (for periodic reporting)."""
         snapshot = self.stats()
         self._counters = _Counters()
+        self._counters.lends_before = self._lends()
         return snapshot
+
+    def _lends(self) -> int:
+        """Connections lent since the pool was created (each slot counts its own)."""
+        return self._lends_gone + sum(slot.uses for slot in self._slots)
 
     def add_event_hook(self, hook: EventHook) -> None:
         """Call ``hook(event)`` on every :class:`PoolEvent` (connect, acquire, release,
@@ -514,6 +522,7 @@ class Pool(AsyncpgPoolMethods):
             # A forked child: aborting the inherited transports would break the parent's
             # connections (shared sockets and epoll registrations). Just let go.
             self._state = _CLOSED
+            self._lends_gone = self._lends()
             self._slots.clear()
             self._idle.clear()
             self._waiters.clear()
@@ -933,6 +942,7 @@ class Pool(AsyncpgPoolMethods):
             slot.callbacks = None
         ended = slot.end_lease()
         if ended == _LEASE_CLOSED:
+            c.returns_not_skipped += 1
             self._discard(slot, lost=True)
             return
         if (
@@ -945,13 +955,13 @@ class Pool(AsyncpgPoolMethods):
                     and _pg.query_count(slot.conn) >= self._max_queries)
             ))
         ):
+            c.returns_not_skipped += 1
             self._retire(slot, "lifetime, uses or expire()")
             return
         rollback = ended == _LEASE_NEEDS_ROLLBACK
         if self._auto_reset and not slot.dirty and not rollback:
-            c.resets_skipped_total += 1
-            if (not self._waiters
-                    and len(self._slots) - self._counts[CLOSING] <= self._max_size):
+            # A skipped reset: counted as use_time.count - returns_not_skipped.
+            if not self._waiters and not self._over_max:
                 slot.state = IDLE  # _hand_over's common case, inlined: nobody waits
                 self._idle.append(slot)
             else:
@@ -981,9 +991,9 @@ class Pool(AsyncpgPoolMethods):
             cfg.shares_server_sessions
         )
         if not (rollback or full or callable(mode)):
-            self._counters.resets_skipped_total += 1
             self._hand_over(slot)
             return
+        self._counters.returns_not_skipped += 1
         if mode == "none":
             # No reset queries allowed: a connection left mid-transaction is replaced.
             self._discard(slot, lost=False)
@@ -1073,6 +1083,7 @@ class Pool(AsyncpgPoolMethods):
         if slot not in self._slots:
             return
         self._slots.remove(slot)
+        self._lends_gone += slot.uses
         self._counts[slot.state] -= 1
         if slot.state is IDLE:
             try:
@@ -1100,9 +1111,11 @@ class Pool(AsyncpgPoolMethods):
         if self._state != _OPEN:
             self._retire(slot, "pool closing")
             return False
-        if len(self._slots) - self._counts[CLOSING] > self._max_size:
-            self._retire(slot, "resize")  # max_size shrank while it was connecting or resetting
-            return False
+        if self._over_max:
+            if len(self._slots) - self._counts[CLOSING] > self._max_size:
+                self._retire(slot, "resize")  # max_size shrank while it was lent or busy
+                return False
+            self._over_max = False
         slot.state = IDLE  # IN_USE -> IDLE: no counter changes (see the module notes)
         self._idle.append(slot)
         return False
@@ -1369,6 +1382,8 @@ class Pool(AsyncpgPoolMethods):
         excess = len(self._slots) - self._counts[CLOSING] - self._config.max_size
         for slot in list(self._idle)[:max(excess, 0)]:
             self._retire(slot, "resize")
+        if len(self._slots) - self._counts[CLOSING] > self._max_size:
+            self._over_max = True  # busy ones close as they come back (_hand_over)
         self._grow()
 
     def expire(self) -> None:
@@ -1448,7 +1463,6 @@ class _AcquireContext:
                 slot.uses += 1
                 slot.acquired_at = now
                 slot.dirty = False
-                pool._counters.immediate_total += 1
                 conn = _new_object(PooledConnection)  # _connection.lease(), inlined
                 conn._pool = pool
                 conn._slot = slot

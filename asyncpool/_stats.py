@@ -69,7 +69,7 @@ class _Counters:
 
     __slots__ = (
         "cancelled_total",
-        "immediate_total",
+        "lends_before",
         "connect_errors_total",
         "connect_time",
         "connections_closed_total",
@@ -78,7 +78,7 @@ class _Counters:
         "leaks_total",
         "pings_failed_total",
         "pings_total",
-        "resets_skipped_total",
+        "returns_not_skipped",
         "resets_total",
         "timeouts_total",
         "too_many_waiters_total",
@@ -88,9 +88,11 @@ class _Counters:
     )
 
     def __init__(self) -> None:
-        # Lent without waiting; lent after a wait is wait_time's count, so
-        # acquired = immediate + wait_time.count and released = use_time.count.
-        self.immediate_total = 0
+        # Derived on the hot path's behalf (Pool.stats): acquired is the slots' lend
+        # counts since lends_before, released is use_time.count, and skipped resets
+        # are the releases not counted in returns_not_skipped.
+        self.lends_before = 0
+        self.returns_not_skipped = 0
         self.timeouts_total = 0
         self.cancelled_total = 0
         self.too_many_waiters_total = 0
@@ -100,7 +102,6 @@ class _Counters:
         self.connections_lost_total = 0
         self.connect_errors_total = 0
         self.resets_total = 0
-        self.resets_skipped_total = 0
         self.pings_total = 0
         self.pings_failed_total = 0
         self.leaks_total = 0

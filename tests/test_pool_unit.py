@@ -120,6 +120,51 @@ async def test_hot_path_creates_no_task_timer_or_query(make_fake_pool: Any,
     assert pool.stats().resets_skipped_total == 400
 
 
+async def test_counters_the_hot_path_leaves_to_stats(make_fake_pool: Any,
+                                                    fake_server: FakeServer) -> None:
+    """acquired_total, released_total, resets_skipped_total and the immediate lends in
+    wait_time are derived in stats() (the hot path counts nothing for them): they stay
+    exact across waits, resets, retired and replaced connections and pop_stats()."""
+    pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
+    first = await pool.acquire()  # immediate
+    waiter = asyncio.ensure_future(pool.acquire(timeout=5))
+    await settle()
+    await pool.release(first)
+    second = await waiter  # after a wait
+    await pool.release(second)
+    stats = pool.pop_stats()
+    assert (stats.acquired_total, stats.released_total, stats.resets_skipped_total) == (2, 2, 2)
+    assert stats.wait_time.count == 2 and stats.wait_time.buckets[0] >= 1
+    stats = pool.stats()
+    assert (stats.acquired_total, stats.released_total, stats.resets_skipped_total) == (0, 0, 0)
+    assert stats.wait_time.count == 0
+
+    async with pool.acquire() as conn:
+        await conn.execute("SET work_mem = '8MB'")  # needs a full reset
+    await settle(10)
+    async with pool.acquire():
+        pool.expire()  # retired on release: its slot leaves the pool
+    await settle(10)
+    stats = pool.stats()
+    assert (stats.acquired_total, stats.released_total) == (2, 2)
+    assert (stats.resets_total, stats.resets_skipped_total) == (1, 0)
+    assert stats.connections_closed_total == 1
+    check_invariants(pool)
+
+    pool.resize(max_size=2)
+    a, b = await pool.acquire(), await pool.acquire()
+    pool.resize(min_size=1, max_size=1)
+    assert pool.stats().size == 2  # both lent: they close as they come back
+    await pool.release(a)
+    await settle(10)
+    assert pool.stats().size == 1
+    await pool.release(b)
+    stats = pool.stats()
+    assert (stats.size, stats.idle, stats.acquired_total, stats.released_total) == (1, 1, 4, 4)
+    assert stats.resets_skipped_total == 2  # neither needed a reset (a then closed: resize)
+    check_invariants(pool)
+
+
 # ---------------------------------------------------------------- FIFO and waits
 
 
