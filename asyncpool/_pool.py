@@ -74,6 +74,7 @@ CHECKING = SlotState.CHECKING
 CLOSING = SlotState.CLOSING
 
 _new_object = object.__new__
+_EXPIRED = float("-inf")
 _FIRST_BOUND = HISTOGRAM_BOUNDS[0]
 _LEASE_CLOSED = _pg.LEASE_CLOSED
 _LEASE_NEEDS_ROLLBACK = _pg.LEASE_NEEDS_ROLLBACK
@@ -494,6 +495,7 @@ class Pool(AsyncpgPoolMethods):
             PoolClosed(f"asyncpool pool {self.name!r} is closing; no more connections are lent")
         )
         self._cancel_background(keep_closers=True)
+        self._expire_all()
         for slot in list(self._idle):
             self._retire(slot, "pool closing")
         self._idle.clear()
@@ -946,9 +948,7 @@ class Pool(AsyncpgPoolMethods):
             self._discard(slot, lost=True)
             return
         if (
-            self._state is not _OPEN
-            or now >= slot.expires_at
-            or slot.generation != self._generation
+            now >= slot.expires_at  # also after expire() and close(): _expire_all()
             or (self._limit_uses and (
                 (self._max_uses is not None and slot.uses >= self._max_uses)
                 or (self._max_queries is not None
@@ -1055,6 +1055,15 @@ class Pool(AsyncpgPoolMethods):
         self._discard(slot, lost=False, reason="garbage-collected")
 
     # ------------------------------------------------------ state changes (sync)
+
+    def _expire_all(self) -> None:
+        """Make every current connection expired, so that release retires the lent ones
+        (one test there covers max_lifetime, expire() and close()). A connection still
+        opening gets its expiry when it opens; ``_connect`` checks the generation and
+        the pool's state itself.
+        """
+        for slot in self._slots:
+            slot.expires_at = _EXPIRED
 
     def _state_counts(self) -> list[int]:
         """Slots per :class:`SlotState` (index by state). Settles the IDLE/IN_USE split
@@ -1392,6 +1401,7 @@ class Pool(AsyncpgPoolMethods):
         """
         self._check_owner()
         self._generation += 1
+        self._expire_all()
         for slot in list(self._idle):
             self._retire(slot, "expire()")
         self._grow()
