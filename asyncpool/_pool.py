@@ -75,6 +75,7 @@ CLOSING = SlotState.CLOSING
 
 _new_object = object.__new__
 _EXPIRED = float("-inf")
+_INF = float("inf")
 _FIRST_BOUND = HISTOGRAM_BOUNDS[0]
 _LEASE_CLOSED = _pg.LEASE_CLOSED
 _LEASE_NEEDS_ROLLBACK = _pg.LEASE_NEEDS_ROLLBACK
@@ -204,6 +205,7 @@ class Pool(AsyncpgPoolMethods):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tid_loop: Any = None
         self._owner_tid: int | None = None
+        self._clock: Callable[[], float] = _now  # the loop's clock, set by open()
         self._done: asyncio.Future[None]  # a done future, made by open() (see __aexit__)
         self._fork_gen = _fork_generation
         self._slots: set[_Slot] = set()
@@ -227,9 +229,12 @@ class Pool(AsyncpgPoolMethods):
         self._hooks: list[EventHook] = []
         self._leak_timeout: float | None = None
         self._setup: Callable[[Any], Awaitable[None]] | None = None
+        # Waiters' deadlines: in arrival order while they do not decrease (the usual
+        # case: one acquire_timeout for all), in a heap for those that come earlier.
+        self._deadline_fifo: deque[tuple[float, asyncio.Future[_Slot], float]] = deque()
         self._deadlines: list[tuple[float, int, asyncio.Future[_Slot], float]] = []
         self._deadline_seq = 0
-        self._deadline_at = float("inf")
+        self._deadline_at = _INF
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._lost_logged_at = float("-inf")
         self._lost_in_burst = 0
@@ -238,11 +243,12 @@ class Pool(AsyncpgPoolMethods):
     def _apply_config(self) -> None:
         """Cache the settings the hot path reads (plain attributes, no lookups)."""
         cfg = self._config
-        self._ping_after = float("inf") if cfg.ping_after_idle is None else cfg.ping_after_idle
+        self._ping_after = _INF if cfg.ping_after_idle is None else cfg.ping_after_idle
         self._max_uses = cfg.max_uses
         self._max_queries = cfg.max_queries
         self._limit_uses = cfg.max_uses is not None or cfg.max_queries is not None
         self._max_size = cfg.max_size
+        self._max_waiting = cfg.max_waiting
         self._setup = cfg.setup
         self._leak_timeout = cfg.leak_timeout
         self._update_extras()
@@ -387,6 +393,10 @@ class Pool(AsyncpgPoolMethods):
         # cheapest "are we on the pool's loop?" (only one loop runs per thread). Other
         # loops (uvloop) are compared with the running loop instead.
         self._tid_loop = self._loop if hasattr(self._loop, "_thread_id") else None
+        # The loop's clock (deadlines are loop times); asyncio's is time.monotonic itself.
+        self._clock = (
+            _now if type(self._loop).time is asyncio.BaseEventLoop.time else self._loop.time
+        )
         self._owner_tid = get_ident()
         _opened_pools.add(self)
         self._done = self._loop.create_future()
@@ -547,8 +557,9 @@ class Pool(AsyncpgPoolMethods):
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-            self._deadline_at = float("inf")
+            self._deadline_at = _INF
         self._deadlines.clear()
+        self._deadline_fifo.clear()
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
@@ -652,7 +663,14 @@ class Pool(AsyncpgPoolMethods):
         slot.uses += 1
         slot.acquired_at = _now()
         slot.dirty = False
-        self._counters.wait_time.add(waited)
+        wait_time = self._counters.wait_time  # _Recorder.add, inlined
+        wait_time.sum += waited
+        if waited > wait_time.max:
+            wait_time.max = waited
+        if waited <= _FIRST_BOUND:
+            wait_time.buckets[0] += 1
+        else:
+            wait_time.buckets[bisect_left(HISTOGRAM_BOUNDS, waited)] += 1
         if self._extras:
             self._on_lent(slot, waited, 4)
         return lease(self, slot)
@@ -690,26 +708,28 @@ class Pool(AsyncpgPoolMethods):
     async def _wait(self, timeout: float | None) -> PooledConnection:
         """The slow path of acquire: check stale idle connections, else queue as a waiter
         until a connection is handed over or the deadline passes (one coroutine frame).
+        Only ``_AcquireContext.__aenter__`` calls it, after checking state and loop.
         """
-        loop = self._loop
-        if loop is None or self._off_loop():
-            loop = self._check_loop()
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
         if timeout is None:
             timeout = self._config.acquire_timeout
         elif timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
-        started = loop.time()
+        clock = self._clock
+        started = clock()
         deadline = started + timeout
         while True:
             if self._state is not _OPEN:
                 raise self._refuse()
             slot = None if self._n_waiting else self._take_idle(_now())
             if slot is None:
-                self._may_wait()
+                if self._down or self._max_waiting is not None:
+                    self._may_wait()
                 fut: asyncio.Future[_Slot] = loop.create_future()
                 self._waiters.append(fut)
                 self._n_waiting += 1
-                self._grow()
+                if len(self._slots) - self._counts[CLOSING] < self._max_size:
+                    self._grow()  # (it returns at once when the pool is full)
                 self._add_deadline(loop, deadline, fut, started)
                 try:
                     slot = await fut
@@ -722,7 +742,7 @@ class Pool(AsyncpgPoolMethods):
                     raise self._refuse()
             elif slot.state is CHECKING and not await self._check(slot, started, deadline):
                 continue
-            return self._lend(slot, loop.time() - started)
+            return self._lend(slot, clock() - started)
 
     def _may_wait(self) -> None:
         """Refuse to queue when the database is known down or the queue is full."""
@@ -745,23 +765,33 @@ class Pool(AsyncpgPoolMethods):
     def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float,
                       fut: asyncio.Future[_Slot], started: float) -> None:
         """Track a waiter's deadline. One timer serves all waiters: it is armed for the
-        earliest deadline, and entries of waiters already served are dropped lazily.
+        earliest deadline, and entries of waiters already served are dropped lazily
+        (waiters are served first in, first out, so they are found at the front).
         """
-        if deadline == float("inf"):
+        if deadline == _INF:
             return
-        heap = self._deadlines
-        while heap and heap[0][2].done():
-            heappop(heap)  # served first in, first out: the oldest entries go first
-        self._deadline_seq += 1
-        heappush(heap, (deadline, self._deadline_seq, fut, started))
+        fifo = self._deadline_fifo
+        while fifo and fifo[0][1].done():
+            fifo.popleft()
+        if not fifo or deadline >= fifo[-1][0]:
+            fifo.append((deadline, fut, started))
+            entries = len(fifo)
+        else:  # a shorter timeout than those queued before it
+            heap = self._deadlines
+            while heap and heap[0][2].done():
+                heappop(heap)
+            self._deadline_seq += 1
+            heappush(heap, (deadline, self._deadline_seq, fut, started))
+            entries = len(heap)
         if deadline < self._deadline_at:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             self._deadline_at = deadline
             self._deadline_timer = loop.call_at(deadline, self._on_deadlines)
-        elif len(heap) > 2 * self._n_waiting + 256:
-            # Served waiters' entries pile up under a long default deadline: compact.
-            self._deadlines = [entry for entry in heap if not entry[2].done()]
+        elif entries > 2 * self._n_waiting + 256:
+            # Entries of waiters gone while others waited (cancelled) pile up: compact.
+            self._deadline_fifo = deque(e for e in fifo if not e[1].done())
+            self._deadlines = [e for e in self._deadlines if not e[2].done()]
             heapify(self._deadlines)
 
     def _on_deadlines(self) -> None:
@@ -769,15 +799,20 @@ class Pool(AsyncpgPoolMethods):
         loop = self._loop
         assert loop is not None
         self._deadline_timer = None
-        self._deadline_at = float("inf")
-        heap = self._deadlines
+        self._deadline_at = _INF
         now = loop.time()
+        fifo = self._deadline_fifo
+        while fifo and (fifo[0][0] <= now or fifo[0][1].done()):
+            _, fut, started = fifo.popleft()
+            self._on_deadline(fut, started)
+        heap = self._deadlines
         while heap and (heap[0][0] <= now or heap[0][2].done()):
             _, _, fut, started = heappop(heap)
             self._on_deadline(fut, started)
-        if heap:
-            self._deadline_at = heap[0][0]
-            self._deadline_timer = loop.call_at(self._deadline_at, self._on_deadlines)
+        earliest = min(fifo[0][0] if fifo else _INF, heap[0][0] if heap else _INF)
+        if earliest != _INF:
+            self._deadline_at = earliest
+            self._deadline_timer = loop.call_at(earliest, self._on_deadlines)
 
     def _abandon(self, fut: asyncio.Future[_Slot], exc: BaseException) -> None:
         """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""

@@ -199,6 +199,38 @@ async def test_newcomer_does_not_overtake_waiters(make_fake_pool: Any) -> None:
     check_invariants(pool)
 
 
+async def test_deadlines_out_of_arrival_order(make_fake_pool: Any) -> None:
+    """A waiter with a shorter timeout than those queued before it times out on time,
+    and the longer ones keep their place in the queue."""
+    pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
+    holder = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ended: dict[float, float] = {}
+
+    async def waiter(timeout: float) -> str:
+        try:
+            conn = await pool.acquire(timeout=timeout)
+        except asyncpool.PoolTimeout:
+            ended[timeout] = loop.time() - started
+            return "timeout"
+        await pool.release(conn)
+        return "served"
+
+    tasks = []
+    for timeout in (5.0, 0.1, 5.0, 0.3, 5.0):
+        tasks.append(asyncio.create_task(waiter(timeout)))
+        await settle()
+    await asyncio.sleep(0.5)
+    assert set(ended) == {0.1, 0.3}
+    assert 0.1 <= ended[0.1] < ended[0.3] < 0.5
+    assert pool.stats().waiting == 3
+    await pool.release(holder)
+    assert await asyncio.gather(*tasks) == ["served", "timeout", "served", "timeout", "served"]
+    assert pool.stats().timeouts_total == 2
+    check_invariants(pool)
+
+
 async def test_timeout_message_diagnoses(make_fake_pool: Any) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
     async with pool.acquire():
