@@ -658,8 +658,10 @@ class Pool(AsyncpgPoolMethods):
             )
         return PoolClosed(f"asyncpool pool {self.name!r} is closed; no connections are lent")
 
-    def _lend(self, slot: _Slot, waited: float) -> PooledConnection:
-        """Turn an IN_USE-reserved slot into a lease after a wait (sync)."""
+    def _lend(self, slot: _Slot, waited: float, frames: int = 4) -> PooledConnection:
+        """Turn an IN_USE-reserved slot into a lease after a wait (sync). ``frames``:
+        asyncpool frames on the stack up to here (a leak report shows the borrower's).
+        """
         slot.uses += 1
         slot.acquired_at = _now()
         slot.dirty = False
@@ -672,7 +674,7 @@ class Pool(AsyncpgPoolMethods):
         else:
             wait_time.buckets[bisect_left(HISTOGRAM_BOUNDS, waited)] += 1
         if self._extras:
-            self._on_lent(slot, waited, 4)
+            self._on_lent(slot, waited, frames)
         return lease(self, slot)
 
     def _on_lent(self, slot: _Slot, waited: float, frames: int) -> None:
@@ -705,44 +707,60 @@ class Pool(AsyncpgPoolMethods):
                 return slot
         return None
 
-    async def _wait(self, timeout: float | None) -> PooledConnection:
-        """The slow path of acquire: check stale idle connections, else queue as a waiter
-        until a connection is handed over or the deadline passes (one coroutine frame).
-        Only ``_AcquireContext.__aenter__`` calls it, after checking state and loop.
-        """
-        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+    def _wait_deadline(self, timeout: float | None) -> tuple[float, float]:
+        """(start, deadline) of a wait, in the loop's clock."""
         if timeout is None:
             timeout = self._config.acquire_timeout
         elif timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
-        clock = self._clock
-        started = clock()
-        deadline = started + timeout
+        started = self._clock()
+        return started, started + timeout
+
+    def _enqueue(self, started: float, deadline: float) -> asyncio.Future[_Slot]:
+        """Queue a waiter (sync): the future a connection will be handed over on."""
+        if self._down or self._max_waiting is not None:
+            self._may_wait()
+        fut: asyncio.Future[_Slot] = self._loop.create_future()  # type: ignore[union-attr]
+        self._waiters.append(fut)
+        self._n_waiting += 1
+        if len(self._slots) - self._counts[CLOSING] < self._max_size:
+            self._grow()  # (it returns at once when the pool is full)
+        if deadline != _INF:
+            self._add_deadline(deadline, fut, started)
+        return fut
+
+    def _handed(self, slot: _Slot, started: float, frames: int = 4) -> PooledConnection:
+        """Lend the slot a waiter was handed (sync), unless the pool closed meanwhile.
+        ``frames``: asyncpool frames on the stack, for the leak report (see ``_lend``).
+        """
+        if self._state is not _OPEN:  # handed over just before close/terminate
+            if slot in self._slots and slot.state is IN_USE:
+                self._retire(slot, "pool closing")
+            raise self._refuse()
+        return self._lend(slot, self._clock() - started, frames)
+
+    async def _wait(self, timeout: float | None) -> PooledConnection:
+        """The slow path of acquire when idle connections may need a check (ping or
+        retirement) first; else queue as a waiter until a connection is handed over or
+        the deadline passes. Only ``_AcquireContext.__aenter__`` calls it, after
+        checking state and loop (which also queues directly when nothing is idle).
+        """
+        started, deadline = self._wait_deadline(timeout)
         while True:
             if self._state is not _OPEN:
                 raise self._refuse()
             slot = None if self._n_waiting else self._take_idle(_now())
             if slot is None:
-                if self._down or self._max_waiting is not None:
-                    self._may_wait()
-                fut: asyncio.Future[_Slot] = loop.create_future()
-                self._waiters.append(fut)
-                self._n_waiting += 1
-                if len(self._slots) - self._counts[CLOSING] < self._max_size:
-                    self._grow()  # (it returns at once when the pool is full)
-                self._add_deadline(loop, deadline, fut, started)
+                fut = self._enqueue(started, deadline)
                 try:
                     slot = await fut
                 except BaseException as exc:
                     self._abandon(fut, exc)
                     raise
-                if self._state is not _OPEN:  # handed over just before close/terminate
-                    if slot in self._slots and slot.state is IN_USE:
-                        self._retire(slot, "pool closing")
-                    raise self._refuse()
-            elif slot.state is CHECKING and not await self._check(slot, started, deadline):
+                return self._handed(slot, started, 5)
+            if slot.state is CHECKING and not await self._check(slot, started, deadline):
                 continue
-            return self._lend(slot, clock() - started)
+            return self._lend(slot, self._clock() - started)
 
     def _may_wait(self) -> None:
         """Refuse to queue when the database is known down or the queue is full."""
@@ -762,14 +780,12 @@ class Pool(AsyncpgPoolMethods):
                 "busy; raise max_waiting or max_size, or shed load"
             )
 
-    def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float,
-                      fut: asyncio.Future[_Slot], started: float) -> None:
+    def _add_deadline(self, deadline: float, fut: asyncio.Future[_Slot],
+                      started: float) -> None:
         """Track a waiter's deadline. One timer serves all waiters: it is armed for the
         earliest deadline, and entries of waiters already served are dropped lazily
         (waiters are served first in, first out, so they are found at the front).
         """
-        if deadline == _INF:
-            return
         fifo = self._deadline_fifo
         while fifo and fifo[0][1].done():
             fifo.popleft()
@@ -787,7 +803,9 @@ class Pool(AsyncpgPoolMethods):
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             self._deadline_at = deadline
-            self._deadline_timer = loop.call_at(deadline, self._on_deadlines)
+            self._deadline_timer = self._loop.call_at(  # type: ignore[union-attr]
+                deadline, self._on_deadlines
+            )
         elif entries > 2 * self._n_waiting + 256:
             # Entries of waiters gone while others waited (cancelled) pile up: compact.
             self._deadline_fifo = deque(e for e in fifo if not e[1].done())
@@ -996,11 +1014,18 @@ class Pool(AsyncpgPoolMethods):
         rollback = ended == _LEASE_NEEDS_ROLLBACK
         if self._auto_reset and not slot.dirty and not rollback:
             # A skipped reset: counted as use_time.count - returns_not_skipped.
-            if not self._waiters and not self._over_max:
-                slot.state = IDLE  # _hand_over's common case, inlined: nobody waits
-                self._idle.append(slot)
+            waiters = self._waiters  # _hand_over(), inlined
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    self._n_waiting -= 1
+                    fut.set_result(slot)
+                    return
+            if self._over_max:
+                self._hand_over(slot)  # retires it if the pool is still too large
             else:
-                self._hand_over(slot)
+                slot.state = IDLE  # IN_USE -> IDLE: no counter changes (module notes)
+                self._idle.append(slot)
             return
         self._on_returned_slow(slot, rollback, timeout)
 
@@ -1519,7 +1544,16 @@ class _AcquireContext:
                         await pool._run_setup(conn)
                 self._conn = conn
                 return conn
-        conn = await pool._wait(self._timeout)
+            conn = await pool._wait(self._timeout)  # idle ones to check first
+        else:  # nothing idle, or others wait first: queue
+            started, deadline = pool._wait_deadline(self._timeout)
+            fut = pool._enqueue(started, deadline)
+            try:
+                slot = await fut
+            except BaseException as exc:
+                pool._abandon(fut, exc)
+                raise
+            conn = pool._handed(slot, started)
         if pool._setup is not None:
             await pool._run_setup(conn)
         self._conn = conn
