@@ -74,9 +74,13 @@ class Boom(Exception):
     """A task-group sibling failing on purpose (makes the group cancel the borrower)."""
 
 
+#: The innermost pool frames of a borrower queued for a connection.
+QUEUED_FRAMES = ("pool.__aenter__", "pool._wait")
+
+
 def where(exc: BaseException) -> str:
     """Where an exception struck: the innermost method of the pool it went through
-    ("pool._wait", "pool._check" ...), else the innermost fake, asyncpg or test frame."""
+    ("pool.__aenter__", "pool._check" ...), else the innermost fake, asyncpg or test frame."""
     pool_label = other = "?"
     tb = exc.__traceback__
     while tb is not None:
@@ -799,7 +803,9 @@ class Fuzzer:
         # Every cancellation that struck a queued borrower was counted by the pool (and
         # only those, plus asyncio.wait_for's inner tasks, which the borrower cannot see).
         frames = self.tally.by(2)
-        in_wait = frames["pool._wait"] - self.frames_at_open["pool._wait"]
+        # A queued borrower waits in _AcquireContext.__aenter__ (nothing idle) or in
+        # Pool._wait (after checking idle connections).
+        in_wait = sum(frames[f] - self.frames_at_open[f] for f in QUEUED_FRAMES)
         wait_for = frames["wait_for"] - self.frames_at_open["wait_for"]
         assert in_wait <= stats.cancelled_total <= in_wait + wait_for, (
             stats.cancelled_total, in_wait, wait_for)

@@ -80,7 +80,7 @@ def _sweep_specs() -> list[Spec]:
 
 
 SWEEP_CONFIGS: list[dict[str, Any]] = [
-    # Contended: borrowers queue in _wait, resets run while others wait.
+    # Contended: borrowers queue, resets run while others wait.
     {"max_size": 2, "min_size": 1, "ping_after_idle": None, "setup": None, "reset": "auto",
      "max_uses": None, "max_waiting": None, "max_lifetime": None, "keepalive_interval": None},
     # Every lend pings first (pool._check), a setup hook runs per checkout.
@@ -118,7 +118,7 @@ async def test_cancel_at_every_await_point_fake() -> None:
                  "after-release"):
         assert steps[step] > 0, (step, steps)
     frames = tally.by(2)
-    for frame in ("pool._wait", "pool._check", "pool._run_setup", "fake.execute", "test.slow",
+    for frame in ("pool.__aenter__", "pool._check", "pool._run_setup", "fake.execute", "test.slow",
                   "test.body"):
         assert frames[frame] > 0, (frame, frames)
 
