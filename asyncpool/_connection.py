@@ -17,7 +17,13 @@ from asyncpg.connection import _ConnectionProxy
 
 from ._errors import ConnectionReleasedError, PoolUsageError
 from ._tracking import _cache as _verdicts
-from ._tracking import may_leave_session_state, opens_transaction_block, session_feature
+from ._tracking import (
+    may_leave_session_state,
+    opens_transaction_block,
+    plain,
+    remember_plain,
+    session_feature,
+)
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -74,8 +80,11 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
             if self._pool._config.shares_server_sessions:
                 self._refuse_session_feature(session_feature(query))
             self._slot.dirty = True  # type: ignore[union-attr]
-        elif self._pool._statement_pooler and opens_transaction_block(query):
-            self._refuse_transactions()
+        elif opens_transaction_block(query):
+            if self._pool._statement_pooler:
+                self._refuse_transactions()
+        else:
+            remember_plain(query)  # next time the query methods skip this call
         return con
 
     def _refuse_transactions(self) -> None:
@@ -132,38 +141,64 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
 
     # -- queries (asyncpg signatures) ----------------------------------------
 
+    # Only the keywords a caller gives are passed on: calls stay cheap (no keyword
+    # dict per query) and a custom connection_class may have narrower signatures.
+
     def execute(self, query: str, *args: Any, timeout: float | None = None) -> _Coro:
         """Run a command (or several, without arguments); return the status string."""
-        return self._note(query).execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+        con = self._con
+        if con is None or query not in plain:  # _note(), but one set lookup when plain
+            con = self._note(query)
+        if timeout is None:
+            return con.execute(query, *args) if args else con.execute(query)  # type: ignore[no-any-return]
+        return con.execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
 
     def executemany(
         self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
     ) -> _Coro:
         """Run a command once per argument sequence."""
-        return self._note(command).executemany(command, args, timeout=timeout)  # type: ignore[no-any-return]
+        con = self._note(command)
+        if timeout is None:
+            return con.executemany(command, args)  # type: ignore[no-any-return]
+        return con.executemany(command, args, timeout=timeout)  # type: ignore[no-any-return]
 
     def fetch(
         self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
     ) -> _Coro:
         """Run a query and return all rows as a list of records."""
-        return self._note(query).fetch(  # type: ignore[no-any-return]
-            query, *args, timeout=timeout, record_class=record_class
+        con = self._con
+        if con is None or query not in plain:  # _note(), but one set lookup when plain
+            con = self._note(query)
+        if timeout is None and record_class is None:
+            return con.fetch(query, *args) if args else con.fetch(query)  # type: ignore[no-any-return]
+        return con.fetch(  # type: ignore[no-any-return]
+            query, *args, **_given(timeout=timeout, record_class=record_class)
         )
 
     def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
     ) -> _Coro:
         """Run a query and return the first row, or None."""
-        return self._note(query).fetchrow(  # type: ignore[no-any-return]
-            query, *args, timeout=timeout, record_class=record_class
+        con = self._con
+        if con is None or query not in plain:  # _note(), but one set lookup when plain
+            con = self._note(query)
+        if timeout is None and record_class is None:
+            return con.fetchrow(query, *args) if args else con.fetchrow(query)  # type: ignore[no-any-return]
+        return con.fetchrow(  # type: ignore[no-any-return]
+            query, *args, **_given(timeout=timeout, record_class=record_class)
         )
 
     def fetchval(
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None
     ) -> _Coro:
         """Run a query and return one value of the first row, or None."""
-        return self._note(query).fetchval(  # type: ignore[no-any-return]
-            query, *args, column=column, timeout=timeout
+        con = self._con
+        if con is None or query not in plain:  # _note(), but one set lookup when plain
+            con = self._note(query)
+        if not column and timeout is None:
+            return con.fetchval(query, *args) if args else con.fetchval(query)  # type: ignore[no-any-return]
+        return con.fetchval(  # type: ignore[no-any-return]
+            query, *args, **_given(column=column or None, timeout=timeout)
         )
 
     def fetchmany(
@@ -176,7 +211,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
     ) -> _Coro:
         """Run a query once per argument sequence and return all rows."""
         return self._note(query).fetchmany(  # type: ignore[no-any-return]
-            query, args, timeout=timeout, record_class=record_class
+            query, args, **_given(timeout=timeout, record_class=record_class)
         )
 
     def prepare(
@@ -197,7 +232,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         ):
             self._refuse_session_feature("a named prepared statement")
         return con.prepare(  # type: ignore[no-any-return]
-            query, name=name, timeout=timeout, record_class=record_class
+            query, **_given(name=name, timeout=timeout, record_class=record_class)
         )
 
     def cursor(
@@ -212,7 +247,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         if self._pool._statement_pooler:
             self._refuse_transactions()
         return self._note(query).cursor(
-            query, *args, prefetch=prefetch, timeout=timeout, record_class=record_class
+            query, *args, **_given(prefetch=prefetch, timeout=timeout, record_class=record_class)
         )
 
     def transaction(
@@ -223,7 +258,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         if self._pool._statement_pooler:
             self._refuse_transactions()
         return con.transaction(
-            isolation=isolation, readonly=readonly, deferrable=deferrable
+            **_given(isolation=isolation, readonly=readonly or None, deferrable=deferrable or None)
         )
 
     def is_in_transaction(self) -> bool:
@@ -388,6 +423,11 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._live(name), name)
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments a caller gave: those not None (defaults are left out)."""
+    return {name: value for name, value in kwargs.items() if value is not None}
 
 
 _new_object = object.__new__

@@ -74,6 +74,7 @@ CHECKING = SlotState.CHECKING
 CLOSING = SlotState.CLOSING
 
 _new_object = object.__new__
+_Future = asyncio.Future
 _EXPIRED = float("-inf")
 _INF = float("inf")
 _FIRST_BOUND = HISTOGRAM_BOUNDS[0]
@@ -249,6 +250,7 @@ class Pool(AsyncpgPoolMethods):
         self._limit_uses = cfg.max_uses is not None or cfg.max_queries is not None
         self._max_size = cfg.max_size
         self._max_waiting = cfg.max_waiting
+        self._acquire_timeout = cfg.acquire_timeout
         self._setup = cfg.setup
         self._leak_timeout = cfg.leak_timeout
         self._update_extras()
@@ -658,7 +660,7 @@ class Pool(AsyncpgPoolMethods):
             )
         return PoolClosed(f"asyncpool pool {self.name!r} is closed; no connections are lent")
 
-    def _lend(self, slot: _Slot, waited: float, frames: int = 4) -> PooledConnection:
+    def _lend(self, slot: _Slot, waited: float, frames: int) -> PooledConnection:
         """Turn an IN_USE-reserved slot into a lease after a wait (sync). ``frames``:
         asyncpool frames on the stack up to here (a leak report shows the borrower's).
         """
@@ -716,76 +718,33 @@ class Pool(AsyncpgPoolMethods):
         started = self._clock()
         return started, started + timeout
 
-    def _enqueue(self, started: float, deadline: float) -> asyncio.Future[_Slot]:
-        """Queue a waiter (sync): the future a connection will be handed over on."""
+    def _enqueue(self, timeout: float | None, started: float | None = None,
+                 deadline: float = _INF) -> tuple[asyncio.Future[_Slot], float]:
+        """Queue a waiter (sync): the future a connection will be handed over on, and
+        the wait's start. The deadline comes from ``timeout`` unless ``started`` is given.
+        """
+        if started is None:
+            started = self._clock()
+            if timeout is None:
+                deadline = started + self._acquire_timeout
+            elif timeout >= 0:
+                deadline = started + timeout
+            else:
+                raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
         if self._down or self._max_waiting is not None:
             self._may_wait()
-        fut: asyncio.Future[_Slot] = self._loop.create_future()  # type: ignore[union-attr]
+        # asyncio.Future itself (not loop.create_future(), a Python call on asyncio's
+        # loops): every loop asyncpool supports makes plain asyncio futures.
+        fut: asyncio.Future[_Slot] = _Future(loop=self._loop)
         self._waiters.append(fut)
         self._n_waiting += 1
         if len(self._slots) - self._counts[CLOSING] < self._max_size:
             self._grow()  # (it returns at once when the pool is full)
-        if deadline != _INF:
-            self._add_deadline(deadline, fut, started)
-        return fut
-
-    def _handed(self, slot: _Slot, started: float, frames: int = 4) -> PooledConnection:
-        """Lend the slot a waiter was handed (sync), unless the pool closed meanwhile.
-        ``frames``: asyncpool frames on the stack, for the leak report (see ``_lend``).
-        """
-        if self._state is not _OPEN:  # handed over just before close/terminate
-            if slot in self._slots and slot.state is IN_USE:
-                self._retire(slot, "pool closing")
-            raise self._refuse()
-        return self._lend(slot, self._clock() - started, frames)
-
-    async def _wait(self, timeout: float | None) -> PooledConnection:
-        """The slow path of acquire when idle connections may need a check (ping or
-        retirement) first; else queue as a waiter until a connection is handed over or
-        the deadline passes. Only ``_AcquireContext.__aenter__`` calls it, after
-        checking state and loop (which also queues directly when nothing is idle).
-        """
-        started, deadline = self._wait_deadline(timeout)
-        while True:
-            if self._state is not _OPEN:
-                raise self._refuse()
-            slot = None if self._n_waiting else self._take_idle(_now())
-            if slot is None:
-                fut = self._enqueue(started, deadline)
-                try:
-                    slot = await fut
-                except BaseException as exc:
-                    self._abandon(fut, exc)
-                    raise
-                return self._handed(slot, started, 5)
-            if slot.state is CHECKING and not await self._check(slot, started, deadline):
-                continue
-            return self._lend(slot, self._clock() - started)
-
-    def _may_wait(self) -> None:
-        """Refuse to queue when the database is known down or the queue is full."""
-        if self._down and not self._open_count():
-            self._counters.unavailable_total += 1
-            raise DatabaseUnavailable(
-                f"asyncpool pool {self.name!r}: the database is unreachable (no connection is "
-                f"open and the last connect failed: {self._last_connect_error!r}); retrying "
-                "in the background", self._last_connect_error,
-            ) from self._last_connect_error
-        max_waiting = self._config.max_waiting
-        if max_waiting is not None and self._n_waiting >= max_waiting:
-            self._counters.too_many_waiters_total += 1
-            raise TooManyWaiters(
-                f"asyncpool pool {self.name!r}: {self._n_waiting} borrowers already wait "
-                f"(max_waiting={max_waiting}) and all {len(self._slots)} connections are "
-                "busy; raise max_waiting or max_size, or shed load"
-            )
-
-    def _add_deadline(self, deadline: float, fut: asyncio.Future[_Slot],
-                      started: float) -> None:
-        """Track a waiter's deadline. One timer serves all waiters: it is armed for the
-        earliest deadline, and entries of waiters already served are dropped lazily
-        (waiters are served first in, first out, so they are found at the front).
-        """
+        if deadline == _INF:
+            return fut, started
+        # One timer serves all waiters: it is armed for the earliest deadline, and
+        # entries of waiters already served are dropped lazily (waiters are served
+        # first in, first out, so they are found at the front).
         fifo = self._deadline_fifo
         while fifo and fifo[0][1].done():
             fifo.popleft()
@@ -811,6 +770,55 @@ class Pool(AsyncpgPoolMethods):
             self._deadline_fifo = deque(e for e in fifo if not e[1].done())
             self._deadlines = [e for e in self._deadlines if not e[2].done()]
             heapify(self._deadlines)
+        return fut, started
+
+    def _handed_late(self, slot: _Slot) -> None:
+        """A waiter was handed ``slot`` just before close/terminate: retire it, refuse."""
+        if slot in self._slots and slot.state is IN_USE:
+            self._retire(slot, "pool closing")
+        raise self._refuse()
+
+    async def _wait(self, timeout: float | None) -> PooledConnection:
+        """The slow path of acquire when idle connections may need a check (ping or
+        retirement) first; else queue as a waiter until a connection is handed over or
+        the deadline passes. Only ``_AcquireContext.__aenter__`` calls it, after
+        checking state and loop (which also queues directly when nothing is idle).
+        """
+        started, deadline = self._wait_deadline(timeout)
+        while True:
+            if self._state is not _OPEN:
+                raise self._refuse()
+            slot = None if self._n_waiting else self._take_idle(_now())
+            if slot is None:
+                fut, _ = self._enqueue(None, started, deadline)
+                try:
+                    slot = await fut
+                except BaseException as exc:
+                    self._abandon(fut, exc)
+                    raise
+                if self._state is not _OPEN:
+                    self._handed_late(slot)
+            elif slot.state is CHECKING and not await self._check(slot, started, deadline):
+                continue
+            return self._lend(slot, self._clock() - started, 4)
+
+    def _may_wait(self) -> None:
+        """Refuse to queue when the database is known down or the queue is full."""
+        if self._down and not self._open_count():
+            self._counters.unavailable_total += 1
+            raise DatabaseUnavailable(
+                f"asyncpool pool {self.name!r}: the database is unreachable (no connection is "
+                f"open and the last connect failed: {self._last_connect_error!r}); retrying "
+                "in the background", self._last_connect_error,
+            ) from self._last_connect_error
+        max_waiting = self._config.max_waiting
+        if max_waiting is not None and self._n_waiting >= max_waiting:
+            self._counters.too_many_waiters_total += 1
+            raise TooManyWaiters(
+                f"asyncpool pool {self.name!r}: {self._n_waiting} borrowers already wait "
+                f"(max_waiting={max_waiting}) and all {len(self._slots)} connections are "
+                "busy; raise max_waiting or max_size, or shed load"
+            )
 
     def _on_deadlines(self) -> None:
         """The deadline timer: fail every waiter whose deadline has passed, re-arm."""
@@ -1091,18 +1099,18 @@ class Pool(AsyncpgPoolMethods):
         else:
             self._retire(slot, "pool closing")
 
-    def _reclaim_later(self, slot: _Slot, lease: int) -> None:
+    def _reclaim_later(self, slot: _Slot, lend: int) -> None:
         """Called from a lost wrapper's ``__del__`` (any thread, any time)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         try:
-            loop.call_soon_threadsafe(self._reclaim, slot, lease)
+            loop.call_soon_threadsafe(self._reclaim, slot, lend)
         except RuntimeError:  # loop closed meanwhile
             pass
 
-    def _reclaim(self, slot: _Slot, lease: int) -> None:
-        if slot.state is not IN_USE or slot.uses != lease or slot not in self._slots:
+    def _reclaim(self, slot: _Slot, lend: int) -> None:
+        if slot.state is not IN_USE or slot.uses != lend or slot not in self._slots:
             return
         self._counters.leaks_total += 1
         if self._hooks:
@@ -1546,14 +1554,15 @@ class _AcquireContext:
                 return conn
             conn = await pool._wait(self._timeout)  # idle ones to check first
         else:  # nothing idle, or others wait first: queue
-            started, deadline = pool._wait_deadline(self._timeout)
-            fut = pool._enqueue(started, deadline)
+            fut, started = pool._enqueue(self._timeout)
             try:
                 slot = await fut
             except BaseException as exc:
                 pool._abandon(fut, exc)
                 raise
-            conn = pool._handed(slot, started)
+            if pool._state is not _OPEN:
+                pool._handed_late(slot)
+            conn = pool._lend(slot, pool._clock() - started, 3)
         if pool._setup is not None:
             await pool._run_setup(conn)
         self._conn = conn

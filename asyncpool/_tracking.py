@@ -25,7 +25,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ("may_leave_session_state", "opens_transaction_block", "session_feature")
+__all__ = (
+    "may_leave_session_state",
+    "opens_transaction_block",
+    "plain",
+    "remember_plain",
+    "session_feature",
+)
 
 # Statement keywords at the start of a statement (after optional comments/whitespace).
 _LEADING = re.compile(
@@ -49,6 +55,17 @@ _HARMLESS_LEADING = frozenset(
 
 _cache: dict[str, bool] = {}
 _CACHE_LIMIT = 8192
+
+#: Statements seen to be plain: they leave no session state and open no transaction
+#: block. Most statements are, so a query method tests this set first (one lookup).
+plain: set[str] = set()
+
+
+def remember_plain(query: str) -> None:
+    """Add ``query`` to :data:`plain` (the caller has classified it); bounded."""
+    if len(plain) >= _CACHE_LIMIT:
+        plain.clear()
+    plain.add(query)
 
 
 def _classify(query: str) -> bool:

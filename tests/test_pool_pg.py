@@ -398,3 +398,29 @@ async def test_cancelled_borrow_is_reset(postgres_dsn: str) -> None:
         assert stats.resets_total == 1 and stats.idle == 1
     finally:
         await pool.close()
+
+
+async def test_query_methods_pass_on_the_keywords_given(postgres_dsn: str) -> None:
+    """The wrapper leaves defaults out of its calls (cheaper, and kind to narrower
+    connection_class signatures) but passes on every keyword a caller gives."""
+
+    class Row(asyncpg.Record):  # type: ignore[misc]
+        pass
+
+    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1, 2", column=1) == 2
+            assert await conn.fetchval("SELECT $1::int, $2::int", 3, 4, column=1) == 4
+            assert type(await conn.fetchrow("SELECT 1 AS a", record_class=Row)) is Row
+            rows = await conn.fetch("SELECT $1::int AS a", 5, record_class=Row, timeout=5)
+            assert [type(r) for r in rows] == [Row] and rows[0]["a"] == 5
+            with pytest.raises(TimeoutError):
+                await conn.execute("SELECT pg_sleep(2)", timeout=0.05)
+            with pytest.raises(TimeoutError):
+                await conn.fetch("SELECT pg_sleep(2)", timeout=0.05)
+            async with conn.transaction(readonly=True):
+                with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                    await conn.execute("CREATE TABLE asyncpool_ro_probe (i int)")
+            async with conn.transaction(isolation="serializable"):
+                assert await conn.fetchval("SHOW transaction_isolation") == "serializable"
+            assert await conn.execute("SELECT $1::int", 1) == "SELECT 1"
