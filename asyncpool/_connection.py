@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._pool import Pool
     from ._slots import _Slot
 
-__all__ = ("PooledConnection", "lease")
+__all__ = ("PooledConnection",)
 
 logger = logging.getLogger("asyncpool")
 
@@ -48,7 +48,8 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
 
     __module__ = "asyncpool"
 
-    # Made by lease() below, never by calling the class.
+    # Made by the pool with object.__new__ and plain stores (half the cost of a class
+    # call that runs an __init__ on CPython 3.11), never by calling the class.
     _pool: Pool
     _slot: _Slot | None  # None once released
     _con: Any  # the asyncpg connection; None once released
@@ -428,20 +429,3 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
 def _given(**kwargs: Any) -> dict[str, Any]:
     """The keyword arguments a caller gave: those not None (defaults are left out)."""
     return {name: value for name, value in kwargs.items() if value is not None}
-
-
-_new_object = object.__new__
-
-
-def lease(pool: Pool, slot: _Slot) -> PooledConnection:
-    """A new wrapper for the current lend of ``slot``.
-
-    ``object.__new__`` and plain stores cost half of a class call that runs an
-    ``__init__`` on CPython 3.11; the acquire fast path inlines these lines.
-    """
-    conn: PooledConnection = _new_object(PooledConnection)
-    conn._pool = pool
-    conn._slot = slot
-    conn._con = slot.conn
-    conn._lease = slot.uses
-    return conn

@@ -8,7 +8,7 @@ Design (read this before changing anything here)
   IDLE and IN_USE without touching the counters: ``_counts[IDLE] + _counts[IN_USE]``
   is always right, and ``_state_counts()`` settles the split from the deque.
 * State changes happen in plain synchronous methods (``_lend``, ``_hand_over``,
-  ``_on_returned``, ``_discard``, ``_grow`` ...). They contain no ``await``, so on
+  ``_returned``, ``_enqueue``, ``_discard``, ``_grow`` ...). They contain no ``await``, so on
   one event loop they need no lock and cancellation cannot interrupt them. The
   I/O they decide on (connect, reset, ping, close) runs afterwards, in the
   borrower's task (ping before lend) or in a pool-owned background task.
@@ -18,8 +18,11 @@ Design (read this before changing anything here)
   waiter is cancelled in the same tick as it was handed a connection, its
   ``except`` clause finds the result and hands the connection on: nothing is lost.
 * The hot path (an idle connection, nobody waiting): ``_AcquireContext.__aenter__``
-  pops it and ``_release_nowait`` pushes it back. No task, timer, lock or server round trip; one
-  clock read each. A deadline timer exists only while a borrower waits.
+  pops it and ``_returned`` pushes it back (the one synchronous stretch of
+  ``__aenter__`` before its first ``await`` counts as such a method). No task, timer,
+  lock or server round trip; one clock read each. Both are inlined and allocate only
+  the context and the lease wrapper: measure with ``benchmarks`` before adding to
+  them. A deadline timer exists only while a borrower waits.
 * Borrowers wait only on the pool. Connections are opened by background tasks
   (at most ``connect_concurrency`` at once) and go to the oldest waiter, like a
   returned one. Failed connects back off exponentially with jitter; while no
@@ -48,7 +51,7 @@ from typing import Any
 from . import _pg
 from ._compat import AsyncpgPoolMethods
 from ._config import PoolConfig
-from ._connection import PooledConnection, lease
+from ._connection import PooledConnection
 from ._errors import (
     ConnectionBudgetExceeded,
     ConnectionReleasedError,
@@ -677,7 +680,12 @@ class Pool(AsyncpgPoolMethods):
             wait_time.buckets[bisect_left(HISTOGRAM_BOUNDS, waited)] += 1
         if self._extras:
             self._on_lent(slot, waited, frames)
-        return lease(self, slot)
+        conn = _new_object(PooledConnection)  # see PooledConnection: no __init__ call
+        conn._pool = self
+        conn._slot = slot
+        conn._con = slot.conn
+        conn._lease = slot.uses
+        return conn
 
     def _on_lent(self, slot: _Slot, waited: float, frames: int) -> None:
         """Event hooks and leak tracking of a lend; ``frames``: pool frames on the stack."""
@@ -1019,8 +1027,7 @@ class Pool(AsyncpgPoolMethods):
             c.returns_not_skipped += 1
             self._retire(slot, "lifetime, uses or expire()")
             return
-        rollback = ended == _LEASE_NEEDS_ROLLBACK
-        if self._auto_reset and not slot.dirty and not rollback:
+        if not ended and not slot.dirty and self._auto_reset:  # ended: _LEASE_CLEAN (0)
             # A skipped reset: counted as use_time.count - returns_not_skipped.
             waiters = self._waiters  # _hand_over(), inlined
             while waiters:
@@ -1035,7 +1042,7 @@ class Pool(AsyncpgPoolMethods):
                 slot.state = IDLE  # IN_USE -> IDLE: no counter changes (module notes)
                 self._idle.append(slot)
             return
-        self._on_returned_slow(slot, rollback, timeout)
+        self._on_returned_slow(slot, ended == _LEASE_NEEDS_ROLLBACK, timeout)
 
     def _check_release(self, conn: PooledConnection) -> None:
         """A release that is not of a live lease of this pool: return for a second
@@ -1541,7 +1548,7 @@ class _AcquireContext:
                 slot.uses += 1
                 slot.acquired_at = now
                 slot.dirty = False
-                conn = _new_object(PooledConnection)  # _connection.lease(), inlined
+                conn = _new_object(PooledConnection)  # as in Pool._lend
                 conn._pool = pool
                 conn._slot = slot
                 conn._con = slot.conn
