@@ -199,6 +199,24 @@ async def test_newcomer_does_not_overtake_waiters(make_fake_pool: Any) -> None:
     check_invariants(pool)
 
 
+async def test_expire_during_a_reset_replaces_that_connection(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
+    """A connection whose reset is still running when expire() is called is not lent
+    again afterwards (it used to come back idle from its reset, with the old settings)."""
+    pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
+    async with pool.acquire() as conn:
+        old = conn.raw_connection
+        await conn.execute("SET work_mem = '8MB'")  # the release needs a full reset
+    assert pool.stats().returning == 1  # the reset runs in the background
+    pool.expire()
+    await settle(20)
+    async with pool.acquire(timeout=5) as conn:
+        assert conn.raw_connection is not old
+    assert old.is_closed()
+    check_invariants(pool)
+
+
 async def test_deadlines_out_of_arrival_order(make_fake_pool: Any) -> None:
     """A waiter with a shorter timeout than those queued before it times out on time,
     and the longer ones keep their place in the queue."""
