@@ -94,6 +94,7 @@ def _instructions(path: Path, system: str, scenario: str, ops: int, loop: str,
          sys.executable, "-m", "benchmarks.icount", "--child", system, scenario, str(ops),
          loop, dsn],
         capture_output=True, text=True, env=env, check=False,
+        cwd=path,  # ``-m`` puts the working directory first on sys.path
     )
     match = _REFS.search(result.stderr)
     if result.returncode != 0 or match is None:
