@@ -606,20 +606,16 @@ class Pool(AsyncpgPoolMethods):
         context._conn = None
         return context
 
-    def _off_loop(self) -> bool:
-        """Cheap test: True unless called on the pool's open loop, in its thread, in the
-        process that opened it. asyncio's loops record the thread running them; other
-        loops (uvloop) are compared by the opening thread and ``is_running()``, since
-        only one loop runs per thread. After fork() it is always True. When True,
-        :meth:`_check_loop` decides (and explains).
-        """
-        tid_loop = self._tid_loop
-        if tid_loop is not None:
-            return bool(tid_loop._thread_id != get_ident())
-        loop = self._loop
-        return self._owner_tid != get_ident() or loop is None or not loop.is_running()
-
     def _check_loop(self) -> asyncio.AbstractEventLoop:
+        """Refuse (with the explanation) unless called on the pool's open loop, in the
+        process that opened it; return the loop.
+
+        The hot paths (``_AcquireContext.__aenter__``, ``_returned``) call this only when
+        a cheaper test fails: asyncio's loops record the thread running them, so
+        ``loop._thread_id != get_ident()``; other loops (uvloop) are compared by the
+        opening thread and ``is_running()``, since only one loop runs per thread. After
+        fork() that test always fails (``_after_fork_in_child``).
+        """
         loop = self._loop
         if self._fork_gen != _fork_generation:
             raise PoolUsageError(
@@ -720,7 +716,7 @@ class Pool(AsyncpgPoolMethods):
     def _wait_deadline(self, timeout: float | None) -> tuple[float, float]:
         """(start, deadline) of a wait, in the loop's clock."""
         if timeout is None:
-            timeout = self._config.acquire_timeout
+            timeout = self._acquire_timeout
         elif timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
         started = self._clock()
@@ -732,13 +728,7 @@ class Pool(AsyncpgPoolMethods):
         the wait's start. The deadline comes from ``timeout`` unless ``started`` is given.
         """
         if started is None:
-            started = self._clock()
-            if timeout is None:
-                deadline = started + self._acquire_timeout
-            elif timeout >= 0:
-                deadline = started + timeout
-            else:
-                raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+            started, deadline = self._wait_deadline(timeout)
         if self._down or self._max_waiting is not None:
             self._may_wait()
         # asyncio.Future itself (not loop.create_future(), a Python call on asyncio's
@@ -982,7 +972,7 @@ class Pool(AsyncpgPoolMethods):
         """End the lease of ``conn`` (live, of this pool) on ``slot`` (sync): the hot path
         of release, also called straight from ``_AcquireContext.__aexit__``.
         """
-        tid_loop = self._tid_loop  # _off_loop(), inlined
+        tid_loop = self._tid_loop  # the cheap test of _check_loop's docstring
         if (
             tid_loop._thread_id != get_ident() if tid_loop is not None
             else self._owner_tid != get_ident() or not self._loop.is_running()  # type: ignore[union-attr]
@@ -1528,7 +1518,7 @@ class _AcquireContext:
         pool = self._pool
         if pool._state is not _OPEN:
             raise pool._refuse()
-        tid_loop = pool._tid_loop  # Pool._off_loop(), inlined
+        tid_loop = pool._tid_loop  # the cheap test of Pool._check_loop's docstring
         if (
             tid_loop._thread_id != get_ident() if tid_loop is not None
             else pool._owner_tid != get_ident() or not pool._loop.is_running()  # type: ignore[union-attr]

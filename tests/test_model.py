@@ -50,7 +50,7 @@ from hypothesis.stateful import (
 import asyncpool
 from asyncpool import _pg
 from tests.conftest import settle
-from tests.fakes import FakeServer, check_invariants
+from tests.fakes import FakeServer, check_invariants, check_slots
 from tests.fuzzing import open_fakes
 
 LOOP_KIND = os.environ.get("ASYNCPOOL_TEST_LOOP", "asyncio")
@@ -562,25 +562,6 @@ class PoolMachine(RuleBasedStateMachine):
         if self.terminated or (self.close_task is not None and self.close_task.done()):
             assert self.pool.stats().size == 0, self.pool
             assert open_fakes(self.server) == 0, self.server.connections
-
-
-def check_slots(pool: asyncpool.Pool) -> None:
-    """``check_invariants`` without its size bound: every slot counted exactly once."""
-    stats = pool.stats()
-    by_state = [0] * 6
-    for slot in pool._slots:
-        by_state[slot.state] += 1
-    # The IDLE/IN_USE split is settled from the idle deque: it must hold exactly
-    # the IDLE slots, once each.
-    counts = pool._state_counts()
-    assert by_state == counts, (by_state, counts)
-    assert len(set(pool._idle)) == len(pool._idle)
-    assert stats.size == len(pool._slots)
-    assert stats.size == (stats.idle + stats.in_use + stats.connecting + stats.returning
-                          + stats.checking + stats.closing)
-    assert len(pool._idle) == stats.idle
-    live = sum(1 for f in pool._waiters if not f.done())
-    assert live == stats.waiting, (live, stats.waiting)
 
 
 def check_invariants_if_within_max(pool: asyncpool.Pool) -> None:
