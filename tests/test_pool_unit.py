@@ -241,7 +241,7 @@ async def test_deadlines_out_of_arrival_order(make_fake_pool: Any) -> None:
         await settle()
     await asyncio.sleep(0.5)
     assert set(ended) == {0.1, 0.3}
-    assert 0.1 <= ended[0.1] < ended[0.3] < 0.5
+    assert 0.1 - 1e-6 <= ended[0.1] < ended[0.3] < 0.5  # (float rounding: uvloop's clock)
     assert pool.stats().waiting == 3
     await pool.release(holder)
     assert await asyncio.gather(*tasks) == ["served", "timeout", "served", "timeout", "served"]
