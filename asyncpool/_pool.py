@@ -854,8 +854,8 @@ class Pool(AsyncpgPoolMethods):
         while self._idle and self._n_waiting:
             slot = self._idle.pop()
             self._set(slot, IN_USE)
-            if not self._hand_over(slot):
-                break
+            if not self._hand_over(slot) and slot.state is IDLE:
+                break  # no live waiter after all (an expired slot was retired: go on)
         if len(self._waiters) > 2 * self._n_waiting + 64:
             self._waiters = deque(f for f in self._waiters if not f.done())
 
@@ -927,7 +927,10 @@ class Pool(AsyncpgPoolMethods):
             self._discard(slot, lost=True)
             return False
         self._set(slot, IN_USE)
-        slot.last_used = _now()
+        now = slot.last_used = _now()
+        if now >= slot.expires_at or slot.generation != self._generation:
+            self._retire(slot, "max_lifetime or expire()")  # expired during the ping
+            return False
         return True
 
     async def _run_setup(self, conn: PooledConnection) -> None:
@@ -1173,8 +1176,12 @@ class Pool(AsyncpgPoolMethods):
 
     def _hand_over(self, slot: _Slot) -> bool:
         """Give a ready slot (state IN_USE, not lent) to the oldest live waiter (True),
-        else make it idle (False).
+        else make it idle (False). A slot that expired (max_lifetime, expire(), close())
+        while it was away being reset or pinged is retired instead.
         """
+        if _now() >= slot.expires_at or slot.generation != self._generation:
+            self._retire(slot, "max_lifetime or expire()")
+            return False
         waiters = self._waiters
         while waiters:
             fut = waiters.popleft()

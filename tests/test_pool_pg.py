@@ -424,3 +424,18 @@ async def test_query_methods_pass_on_the_keywords_given(postgres_dsn: str) -> No
             async with conn.transaction(isolation="serializable"):
                 assert await conn.fetchval("SHOW transaction_isolation") == "serializable"
             assert await conn.execute("SELECT $1::int", 1) == "SELECT 1"
+
+
+async def test_expire_during_a_reset_replaces_that_connection_real(postgres_dsn: str) -> None:
+    """expire() while a returned connection is still being reset: that server session
+    is closed and the next borrower gets a new one (with a clean work_mem)."""
+    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            old_pid = conn.get_server_pid()
+            await conn.execute("SET work_mem = '8MB'")  # the release needs a full reset
+        assert pool.stats().returning == 1
+        pool.expire()
+        async with pool.acquire(timeout=10) as conn:
+            assert conn.get_server_pid() != old_pid
+            assert await conn.fetchval("SHOW work_mem") != "8MB"
+        check_invariants(pool)
