@@ -83,6 +83,10 @@ _INF = float("inf")
 _FIRST_BOUND = HISTOGRAM_BOUNDS[0]
 _LEASE_CLOSED = _pg.LEASE_CLOSED
 _LEASE_NEEDS_ROLLBACK = _pg.LEASE_NEEDS_ROLLBACK
+_CLOSING_I = int(SlotState.CLOSING)  # a plain int indexes a list faster than an IntEnum
+
+# A queued borrower: (future, deadline or _INF, start); see Pool._waiters.
+_Waiter = tuple["asyncio.Future[_Slot]", float, float]
 
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED = "new", "opening", "open", "closing", "closed"
 
@@ -215,7 +219,11 @@ class Pool(AsyncpgPoolMethods):
         self._slots: set[_Slot] = set()
         self._counts = [0] * N_STATES
         self._idle: deque[_Slot] = deque()
-        self._waiters: deque[asyncio.Future[_Slot]] = deque()
+        # Waiters, oldest first: (future, deadline, start) in the loop's clock.
+        # The deadline is kept here for borrowers with the pool's acquire_timeout, whose
+        # deadlines therefore never decrease along the deque; others have _INF here and
+        # their deadline in the heap self._deadlines.
+        self._waiters: deque[_Waiter] = deque()
         self._n_waiting = 0
         self._counters = _Counters()
         self._lends_gone = 0  # lends of slots no longer in the pool (see _lends)
@@ -233,9 +241,7 @@ class Pool(AsyncpgPoolMethods):
         self._hooks: list[EventHook] = []
         self._leak_timeout: float | None = None
         self._setup: Callable[[Any], Awaitable[None]] | None = None
-        # Waiters' deadlines: in arrival order while they do not decrease (the usual
-        # case: one acquire_timeout for all), in a heap for those that come earlier.
-        self._deadline_fifo: deque[tuple[float, asyncio.Future[_Slot], float]] = deque()
+        # Deadlines of waiters with a timeout of their own: (deadline, seq, future, start).
         self._deadlines: list[tuple[float, int, asyncio.Future[_Slot], float]] = []
         self._deadline_seq = 0
         self._deadline_at = _INF
@@ -398,7 +404,8 @@ class Pool(AsyncpgPoolMethods):
         # cheapest "are we on the pool's loop?" (only one loop runs per thread). Other
         # loops (uvloop) are compared with the running loop instead.
         self._tid_loop = self._loop if hasattr(self._loop, "_thread_id") else None
-        # The loop's clock (deadlines are loop times); asyncio's is time.monotonic itself.
+        # The loop's clock (deadlines are loop times, so a test loop's virtual clock
+        # rules them); asyncio's is time.monotonic itself.
         self._clock = (
             _now if type(self._loop).time is asyncio.BaseEventLoop.time else self._loop.time
         )
@@ -564,7 +571,6 @@ class Pool(AsyncpgPoolMethods):
             self._deadline_timer = None
             self._deadline_at = _INF
         self._deadlines.clear()
-        self._deadline_fifo.clear()
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
@@ -583,7 +589,7 @@ class Pool(AsyncpgPoolMethods):
 
     def _fail_waiters(self, error: BaseException) -> None:
         while self._waiters:
-            fut = self._waiters.popleft()
+            fut = self._waiters.popleft()[0]
             if not fut.done():
                 self._n_waiting -= 1
                 fut.set_exception(error)
@@ -659,12 +665,14 @@ class Pool(AsyncpgPoolMethods):
             )
         return PoolClosed(f"asyncpool pool {self.name!r} is closed; no connections are lent")
 
-    def _lend(self, slot: _Slot, waited: float, frames: int) -> PooledConnection:
-        """Turn an IN_USE-reserved slot into a lease after a wait (sync). ``frames``:
-        asyncpool frames on the stack up to here (a leak report shows the borrower's).
+    def _lend(self, slot: _Slot, started: float, frames: int) -> PooledConnection:
+        """Turn an IN_USE-reserved slot into a lease after a wait that began at
+        ``started`` (sync). ``frames``: asyncpool frames on the stack up to here (a leak
+        report shows the borrower's).
         """
         slot.uses += 1
         slot.acquired_at = _now()
+        waited = self._clock() - started
         slot.dirty = False
         wait_time = self._counters.wait_time  # _Recorder.add, inlined
         wait_time.sum += waited
@@ -728,47 +736,53 @@ class Pool(AsyncpgPoolMethods):
         the wait's start. The deadline comes from ``timeout`` unless ``started`` is given.
         """
         if started is None:
-            started, deadline = self._wait_deadline(timeout)
+            started = self._clock()
+            if timeout is None:  # the pool's acquire_timeout: kept in the deque
+                ordered = deadline = started + self._acquire_timeout
+            elif timeout >= 0:
+                ordered, deadline = _INF, started + timeout
+            else:
+                raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        else:
+            ordered = _INF  # (a wait that began earlier: its deadline may come first)
         if self._down or self._max_waiting is not None:
             self._may_wait()
         # asyncio.Future itself (not loop.create_future(), a Python call on asyncio's
         # loops): every loop asyncpool supports makes plain asyncio futures.
         fut: asyncio.Future[_Slot] = _Future(loop=self._loop)
-        self._waiters.append(fut)
+        self._waiters.append((fut, ordered, started))
         self._n_waiting += 1
-        if len(self._slots) - self._counts[CLOSING] < self._max_size:
+        if len(self._slots) - self._counts[_CLOSING_I] < self._max_size:
             self._grow()  # (it returns at once when the pool is full)
-        if deadline == _INF:
-            return fut, started
-        # One timer serves all waiters: it is armed for the earliest deadline, and
-        # entries of waiters already served are dropped lazily (waiters are served
-        # first in, first out, so they are found at the front).
-        fifo = self._deadline_fifo
-        while fifo and fifo[0][1].done():
-            fifo.popleft()
-        if not fifo or deadline >= fifo[-1][0]:
-            fifo.append((deadline, fut, started))
-            entries = len(fifo)
-        else:  # a shorter timeout than those queued before it
-            heap = self._deadlines
-            while heap and heap[0][2].done():
-                heappop(heap)
-            self._deadline_seq += 1
-            heappush(heap, (deadline, self._deadline_seq, fut, started))
-            entries = len(heap)
-        if deadline < self._deadline_at:
-            if self._deadline_timer is not None:
-                self._deadline_timer.cancel()
-            self._deadline_at = deadline
-            self._deadline_timer = self._loop.call_at(  # type: ignore[union-attr]
-                deadline, self._on_deadlines
-            )
-        elif entries > 2 * self._n_waiting + 256:
-            # Entries of waiters gone while others waited (cancelled) pile up: compact.
-            self._deadline_fifo = deque(e for e in fifo if not e[1].done())
-            self._deadlines = [e for e in self._deadlines if not e[2].done()]
-            heapify(self._deadlines)
+        if deadline != ordered:
+            self._push_deadline(fut, deadline, started)
+        elif deadline < self._deadline_at:
+            self._arm_deadlines(deadline)
         return fut, started
+
+    def _push_deadline(self, fut: asyncio.Future[_Slot], deadline: float,
+                       started: float) -> None:
+        """Track the deadline of a waiter that is not in the deque's deadline order."""
+        heap = self._deadlines
+        while heap and heap[0][2].done():
+            heappop(heap)
+        if len(heap) > 2 * self._n_waiting + 256:
+            # Entries of waiters served or gone while others waited pile up: compact.
+            self._deadlines = heap = [e for e in heap if not e[2].done()]
+            heapify(heap)
+        self._deadline_seq += 1
+        heappush(heap, (deadline, self._deadline_seq, fut, started))
+        if deadline < self._deadline_at:
+            self._arm_deadlines(deadline)
+
+    def _arm_deadlines(self, deadline: float) -> None:
+        """(Re-)arm the one deadline timer for ``deadline``; it serves every waiter."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = deadline
+        self._deadline_timer = self._loop.call_at(  # type: ignore[union-attr]
+            deadline, self._on_deadlines
+        )
 
     def _handed_late(self, slot: _Slot) -> None:
         """A waiter was handed ``slot`` just before close/terminate: retire it, refuse."""
@@ -798,7 +812,7 @@ class Pool(AsyncpgPoolMethods):
                     self._handed_late(slot)
             elif slot.state is CHECKING and not await self._check(slot, started, deadline):
                 continue
-            return self._lend(slot, self._clock() - started, 4)
+            return self._lend(slot, started, 4)
 
     def _may_wait(self) -> None:
         """Refuse to queue when the database is known down or the queue is full."""
@@ -820,23 +834,34 @@ class Pool(AsyncpgPoolMethods):
 
     def _on_deadlines(self) -> None:
         """The deadline timer: fail every waiter whose deadline has passed, re-arm."""
-        loop = self._loop
-        assert loop is not None
         self._deadline_timer = None
         self._deadline_at = _INF
-        now = loop.time()
-        fifo = self._deadline_fifo
-        while fifo and (fifo[0][0] <= now or fifo[0][1].done()):
-            _, fut, started = fifo.popleft()
-            self._on_deadline(fut, started)
+        now = self._loop.time()  # type: ignore[union-attr]
+        expired: list[tuple[asyncio.Future[_Slot], float]] = []
+        earliest = _INF
+        # Deadlines in the deque do not decrease: stop at the first one still ahead.
+        for fut, deadline, started in self._waiters:
+            if deadline <= now:
+                expired.append((fut, started))
+            elif deadline != _INF:
+                earliest = deadline
+                break
         heap = self._deadlines
         while heap and (heap[0][0] <= now or heap[0][2].done()):
             _, _, fut, started = heappop(heap)
-            self._on_deadline(fut, started)
-        earliest = min(fifo[0][0] if fifo else _INF, heap[0][0] if heap else _INF)
+            expired.append((fut, started))
+        for fut, started in expired:  # (event hooks run here: the deque is not iterated)
+            self._on_deadline(fut, started, now)
+        waiters = self._waiters
+        while waiters and waiters[0][0].done():
+            waiters.popleft()
+        if heap and heap[0][0] < earliest:
+            earliest = heap[0][0]
         if earliest != _INF:
             self._deadline_at = earliest
-            self._deadline_timer = loop.call_at(earliest, self._on_deadlines)
+            self._deadline_timer = self._loop.call_at(  # type: ignore[union-attr]
+                earliest, self._on_deadlines
+            )
 
     def _abandon(self, fut: asyncio.Future[_Slot], exc: BaseException) -> None:
         """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""
@@ -857,14 +882,14 @@ class Pool(AsyncpgPoolMethods):
             if not self._hand_over(slot) and slot.state is IDLE:
                 break  # no live waiter after all (an expired slot was retired: go on)
         if len(self._waiters) > 2 * self._n_waiting + 64:
-            self._waiters = deque(f for f in self._waiters if not f.done())
+            self._waiters = deque(w for w in self._waiters if not w[0].done())
 
-    def _on_deadline(self, fut: asyncio.Future[_Slot], started: float) -> None:
+    def _on_deadline(self, fut: asyncio.Future[_Slot], started: float, now: float) -> None:
         if fut.done():
             return
         self._n_waiting -= 1
         self._counters.timeouts_total += 1
-        waited = self._loop.time() - started  # type: ignore[union-attr]
+        waited = now - started
         if self._hooks:
             self._emit(EventKind.TIMEOUT, waited)
         error = PoolTimeout(self._diagnose_timeout(waited))
@@ -900,16 +925,15 @@ class Pool(AsyncpgPoolMethods):
 
     async def _check(self, slot: _Slot, started: float, deadline: float) -> bool:
         """Ping a stale idle connection for a borrower (slot is CHECKING). True if usable."""
-        loop = self._loop
-        assert loop is not None
-        budget = min(self._config.ping_timeout, deadline - loop.time())
+        now = self._clock()
+        budget = min(self._config.ping_timeout, deadline - now)
         if budget <= 0:
             self._set(slot, IN_USE)
             self._hand_over(slot)
             self._counters.timeouts_total += 1
             if self._hooks:
-                self._emit(EventKind.TIMEOUT, loop.time() - started)
-            raise PoolTimeout(self._diagnose_timeout(loop.time() - started))
+                self._emit(EventKind.TIMEOUT, now - started)
+            raise PoolTimeout(self._diagnose_timeout(now - started))
         self._counters.pings_total += 1
         try:
             async with asyncio.timeout(budget):
@@ -1024,7 +1048,7 @@ class Pool(AsyncpgPoolMethods):
             # A skipped reset: counted as use_time.count - returns_not_skipped.
             waiters = self._waiters  # _hand_over(), inlined
             while waiters:
-                fut = waiters.popleft()
+                fut = waiters.popleft()[0]
                 if not fut.done():
                     self._n_waiting -= 1
                     fut.set_result(slot)
@@ -1184,7 +1208,7 @@ class Pool(AsyncpgPoolMethods):
             return False
         waiters = self._waiters
         while waiters:
-            fut = waiters.popleft()
+            fut = waiters.popleft()[0]
             if not fut.done():
                 self._n_waiting -= 1
                 fut.set_result(slot)
@@ -1566,7 +1590,7 @@ class _AcquireContext:
                 raise
             if pool._state is not _OPEN:
                 pool._handed_late(slot)
-            conn = pool._lend(slot, pool._clock() - started, 3)
+            conn = pool._lend(slot, started, 3)
         if pool._setup is not None:
             await pool._run_setup(conn)
         self._conn = conn

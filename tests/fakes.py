@@ -132,7 +132,7 @@ def check_slots(pool: Any) -> None:
     assert stats.size == (stats.idle + stats.in_use + stats.connecting + stats.returning
                           + stats.checking + stats.closing)
     assert len(pool._idle) == stats.idle
-    live = sum(1 for f in pool._waiters if not f.done())
+    live = sum(1 for w in pool._waiters if not w[0].done())
     assert live == stats.waiting, (live, stats.waiting)
 
 

@@ -249,6 +249,41 @@ async def test_deadlines_out_of_arrival_order(make_fake_pool: Any) -> None:
     check_invariants(pool)
 
 
+async def test_default_deadlines_behind_a_longer_timeout(make_fake_pool: Any) -> None:
+    """Waiters on the pool's acquire_timeout time out on time even when a waiter with a
+    longer timeout of its own queued before them (and one with a shorter one after)."""
+    pool = await open_pool(make_fake_pool, min_size=1, max_size=1, acquire_timeout=0.2)
+    holder = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ended: dict[str, float] = {}
+
+    async def waiter(name: str, timeout: float | None) -> str:
+        try:
+            conn = await pool.acquire(timeout=timeout)
+        except asyncpool.PoolTimeout:
+            ended[name] = loop.time() - started
+            return "timeout"
+        await pool.release(conn)
+        return "served"
+
+    tasks = []
+    for name, timeout in (("long", 5.0), ("default1", None), ("short", 0.05),
+                          ("default2", None)):
+        tasks.append(asyncio.create_task(waiter(name, timeout)))
+        await settle()
+    await asyncio.sleep(0.1)
+    assert set(ended) == {"short"}
+    await asyncio.sleep(0.25)
+    assert set(ended) == {"short", "default1", "default2"}
+    assert 0.2 - 1e-6 <= ended["default1"] <= ended["default2"] < 0.35
+    assert pool.stats().waiting == 1
+    await pool.release(holder)
+    assert await asyncio.gather(*tasks) == ["served", "timeout", "timeout", "timeout"]
+    assert pool.stats().timeouts_total == 3
+    check_invariants(pool)
+
+
 async def test_timeout_message_diagnoses(make_fake_pool: Any) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
     async with pool.acquire():
