@@ -10,12 +10,13 @@ import asyncio
 import gc
 import logging
 import threading
+from bisect import bisect_left
 from typing import Any
 
 import pytest
 
 import asyncpool
-from asyncpool import _pg
+from asyncpool import HISTOGRAM_BOUNDS, _pg
 from tests.conftest import settle
 from tests.fakes import FakeServer, check_invariants
 
@@ -162,6 +163,38 @@ async def test_counters_the_hot_path_leaves_to_stats(make_fake_pool: Any,
     stats = pool.stats()
     assert (stats.size, stats.idle, stats.acquired_total, stats.released_total) == (1, 1, 4, 4)
     assert stats.resets_skipped_total == 2  # neither needed a reset (a then closed: resize)
+    check_invariants(pool)
+
+
+async def test_time_histograms_file_durations_by_the_bounds(
+    make_fake_pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path files wait and use times with unrolled comparisons for the first
+    buckets: each duration at and around every bound lands where HISTOGRAM_BOUNDS says."""
+    now = [0.0]
+    monkeypatch.setattr(asyncpool._pool, "_now", lambda: now[0])  # type: ignore[attr-defined]
+    # (A deadline far beyond the loop's real clock: this test's clock starts at 0.)
+    pool = await open_pool(make_fake_pool, min_size=1, max_size=1, acquire_timeout=1e9)
+    pool._clock = lambda: now[0]  # (uvloop's pools read the loop's clock)
+    durations = [0.0, 0.00005, 0.0001, 0.00010001, 0.0004, 0.0005, 0.00050001, 0.0009,
+                 0.001, 0.0010001, 0.004, 0.3, 10.0, 31.0]
+    for d in durations:
+        now[0] = 0.0
+        holder = await pool.acquire()  # immediate: a zero wait
+        waiter = asyncio.ensure_future(pool.acquire())
+        await settle()
+        now[0] = d
+        await pool.release(holder)  # held d; the waiter waited d
+        await pool.release(await waiter)  # held 0
+    expected = [0] * (len(HISTOGRAM_BOUNDS) + 1)
+    for d in durations:
+        expected[bisect_left(HISTOGRAM_BOUNDS, d)] += 1
+    stats = pool.stats()
+    expected[0] += len(durations)  # the zeros: immediate lends, and the waiters' holds
+    assert stats.use_time.buckets == tuple(expected)
+    assert stats.wait_time.buckets == tuple(expected)
+    assert stats.use_time.max == stats.wait_time.max == 31.0
+    assert stats.use_time.sum == pytest.approx(sum(durations))
     check_invariants(pool)
 
 
