@@ -997,18 +997,19 @@ class Pool(AsyncpgPoolMethods):
         if slot is None or not mine:
             self._check_release(conn)
             return
-        self._returned(conn, slot, timeout)
-
-    def _returned(self, conn: PooledConnection, slot: _Slot, timeout: float | None) -> None:
-        """End the lease of ``conn`` (live, of this pool) on ``slot`` (sync): the hot path
-        of release, also called straight from ``_AcquireContext.__aexit__``.
-        """
         tid_loop = self._tid_loop  # the cheap test of _check_loop's docstring
         if (
             tid_loop._thread_id != get_ident() if tid_loop is not None
             else self._owner_tid != get_ident() or not self._loop.is_running()  # type: ignore[union-attr]
         ) and self._state is not _CLOSED:
             self._check_loop()
+        self._returned(conn, slot, timeout)
+
+    def _returned(self, conn: PooledConnection, slot: _Slot, timeout: float | None) -> None:
+        """End the lease of ``conn`` (live, of this pool) on ``slot`` (sync), on the pool's
+        loop (the caller checked): the hot path of release, also called straight from
+        ``_AcquireContext.__aexit__``.
+        """
         conn._con = None
         conn._slot = None
         if slot.state is not IN_USE:  # terminated while lent (pool.terminate)
@@ -1618,6 +1619,10 @@ class _AcquireContext:
                     # Cancelled anywhere inside the block (perhaps between asyncpg's
                     # prepare and execute): make the reset end whatever the session holds.
                     slot.dirty = True
+                if pool._fork_gen != _fork_generation:
+                    pool._check_loop()  # refuses: a forked child must not touch the pool
+                # No loop check otherwise: `async with` runs this in the task that ran
+                # __aenter__, which checked it is on the pool's loop (so in its thread).
                 pool._returned(conn, slot, None)
         return pool._done
 

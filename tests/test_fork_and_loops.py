@@ -351,6 +351,9 @@ async def test_forked_child_is_refused_and_parent_is_undisturbed(forkable_pool: 
     held_pid = held.get_server_pid()
     pids = {s.conn.get_server_pid() for s in pool._slots}
     assert await server_pids(admin, app) == pids and len(pids) == 2
+    block = pool.acquire()  # a lease inside `async with`, left dirty (a reset on exit)
+    inside = await block.__aenter__()
+    await inside.execute("SET work_mem = '8MB'")
     stats_at_fork = counters(pool)
 
     def child(out: io.StringIO) -> int:
@@ -359,10 +362,12 @@ async def test_forked_child_is_refused_and_parent_is_undisturbed(forkable_pool: 
         ok &= expect_fork_refusal(out, "acquire", lambda: drive(pool.acquire().__await__()))
         ok &= expect_fork_refusal(out, "release", lambda: drive(pool.release(held)))
         ok &= expect_fork_refusal(out, "release_nowait", lambda: pool.release_nowait(held))
+        ok &= expect_fork_refusal(out, "async with exit",
+                                  lambda: block.__aexit__(None, None, None))
         if counters(pool) != stats_at_fork:
             print(f"stats moved: {counters(pool)} != {stats_at_fork}", file=out)
             ok = False
-        if held.is_released:
+        if held.is_released or inside.is_released:
             print("the parent's borrowed connection was detached", file=out)
             ok = False
 
@@ -399,6 +404,7 @@ async def test_forked_child_is_refused_and_parent_is_undisturbed(forkable_pool: 
     assert counters(pool) == stats_at_fork
     assert await server_pids(admin, app) == pids
     await pool.release(held)
+    await block.__aexit__(None, None, None)
 
     async def verify(conn: Any) -> None:
         assert await conn.fetchval("SELECT 1") == 1
