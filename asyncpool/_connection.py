@@ -10,9 +10,11 @@ asyncpg's own awaitable. After release every method raises
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from asyncpg.connection import _ConnectionProxy
 
 from ._errors import ConnectionReleasedError, PoolUsageError
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from ._pool import Pool
     from ._slots import _Slot
 
-__all__ = ("PooledConnection",)
+__all__ = ("PooledConnection", "wrapper_class")
 
 logger = logging.getLogger("asyncpool")
 
@@ -373,6 +375,10 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         """Remove a query logger."""
         self._live("remove_query_logger").remove_query_logger(callback)
 
+    def query_logger(self, callback: Callable[..., Any]) -> Any:
+        """A context manager that logs the queries run inside it with ``callback``."""
+        return self._live("query_logger").query_logger(callback)
+
     # -- introspection and codecs ----------------------------------------------
 
     def get_server_pid(self) -> int:
@@ -419,11 +425,60 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         """Abort the underlying connection; the pool replaces it when it is released."""
         self._live("terminate").terminate()
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names not defined above (never on the hot path).
-        if name.startswith("_"):
-            raise AttributeError(name)
+    def reset(self, *, timeout: float | None = None) -> _Coro:
+        """Run asyncpg's own session reset now (the pool resets on release anyway)."""
+        return self._live("reset").reset(timeout=timeout)  # type: ignore[no-any-return]
+
+    def get_reset_query(self) -> str:
+        """The statement asyncpg's ``reset()`` runs on this server."""
+        return self._live("get_reset_query").get_reset_query()  # type: ignore[no-any-return]
+
+    # No __getattr__ here: a class with one loses CPython's fast attribute access (every
+    # `conn.fetchval` and `conn._con` would take the slow generic lookup). Names that a
+    # connection_class adds are forwarded by a subclass made for it (wrapper_class).
+
+
+def _forward(name: str) -> property:
+    def get(self: PooledConnection) -> Any:
         return getattr(self._live(name), name)
+
+    return property(get, doc=f"The connection's own ``{name}``.")
+
+
+def _forward_any(self: PooledConnection, name: str) -> Any:
+    if name.startswith("_"):
+        raise AttributeError(name)
+    return getattr(self._live(name), name)
+
+
+_wrappers: weakref.WeakKeyDictionary[type, type[PooledConnection]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def wrapper_class(conn_type: type) -> type[PooledConnection]:
+    """The class of the wrappers lent for connections of ``conn_type``.
+
+    :class:`PooledConnection` itself for ``asyncpg.Connection``. For another class (a
+    ``connection_class`` subclass, or what a custom ``connect`` returns) a subclass
+    that also forwards the public names that class adds, as asyncpg's pool does; if
+    its instances can carry attributes of their own (they have a ``__dict__``), any
+    other name is looked up on the connection too, at the price of slower attribute
+    access on that pool's wrappers.
+    """
+    if conn_type is asyncpg.Connection:
+        return PooledConnection
+    cls = _wrappers.get(conn_type)
+    if cls is None:
+        namespace: dict[str, Any] = {
+            name: _forward(name) for name in dir(conn_type)
+            if not name.startswith("_") and not hasattr(PooledConnection, name)
+        }
+        if getattr(conn_type, "__dictoffset__", 0):
+            namespace["__getattr__"] = _forward_any
+        namespace.update(__slots__=(), __module__="asyncpool", __doc__=PooledConnection.__doc__)
+        cls = _wrappers[conn_type] = type("PooledConnection", (PooledConnection,), namespace)
+    return cls
 
 
 def _given(**kwargs: Any) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from typing import Any
 from . import _pg
 from ._compat import AsyncpgPoolMethods
 from ._config import PoolConfig
-from ._connection import PooledConnection
+from ._connection import PooledConnection, wrapper_class
 from ._errors import (
     ConnectionBudgetExceeded,
     ConnectionReleasedError,
@@ -125,6 +125,60 @@ class Pool(AsyncpgPoolMethods):
     """
 
     __module__ = "asyncpool"
+
+    # Slots, not a __dict__: with over 30 attributes an instance dict stops sharing its
+    # keys, and CPython then reads every `self._x` with a dict lookup instead of at a
+    # fixed offset (the hot path reads a dozen of them per borrow).
+    __slots__ = (
+        "__weakref__",
+        "_acquire_timeout",
+        "_auto_reset",
+        "_backoff",
+        "_clock",
+        "_close_task",
+        "_config",
+        "_counters",
+        "_counts",
+        "_deadline_at",
+        "_deadline_seq",
+        "_deadline_timer",
+        "_deadlines",
+        "_done",
+        "_down",
+        "_empty",
+        "_extras",
+        "_fork_gen",
+        "_generation",
+        "_hooks",
+        "_idle",
+        "_init_size",
+        "_last_connect_error",
+        "_leak_timeout",
+        "_lends_gone",
+        "_limit_uses",
+        "_loop",
+        "_lost_in_burst",
+        "_lost_logged_at",
+        "_maintenance",
+        "_max_queries",
+        "_max_size",
+        "_max_uses",
+        "_max_waiting",
+        "_n_waiting",
+        "_next_connect_at",
+        "_over_max",
+        "_owner_tid",
+        "_ping_after",
+        "_requested_loop",
+        "_retry_handle",
+        "_setup",
+        "_slots",
+        "_state",
+        "_statement_pooler",
+        "_tasks",
+        "_tid_loop",
+        "_waiters",
+    )
 
     def __init__(
         self,
@@ -676,7 +730,8 @@ class Pool(AsyncpgPoolMethods):
         """
         slot.uses += 1
         slot.acquired_at = _now()
-        waited = self._clock() - started
+        clock = self._clock  # (a local: `self._clock()` would take CPython's slow method lookup)
+        waited = clock() - started
         slot.dirty = False
         wait_time = self._counters.wait_time  # _Recorder.add, inlined
         wait_time.sum += waited
@@ -688,7 +743,7 @@ class Pool(AsyncpgPoolMethods):
             wait_time.buckets[bisect_left(HISTOGRAM_BOUNDS, waited)] += 1
         if self._extras:
             self._on_lent(slot, waited, frames)
-        conn = _new_object(PooledConnection)  # see PooledConnection: no __init__ call
+        conn = _new_object(slot.wrapper)  # see PooledConnection: no __init__ call
         conn._pool = self
         conn._slot = slot
         conn._con = slot.conn
@@ -740,7 +795,8 @@ class Pool(AsyncpgPoolMethods):
         the wait's start. The deadline comes from ``timeout`` unless ``started`` is given.
         """
         if started is None:
-            started = self._clock()
+            clock = self._clock  # (see _lend)
+            started = clock()
             if timeout is None:  # the pool's acquire_timeout: kept in the deque
                 ordered = deadline = started + self._acquire_timeout
             elif timeout >= 0:
@@ -1033,7 +1089,8 @@ class Pool(AsyncpgPoolMethods):
         if slot.callbacks is not None:
             _pg.remove_callbacks(slot.conn, slot.callbacks)
             slot.callbacks = None
-        ended = slot.end_lease()
+        end_lease = slot.end_lease  # (a local: see _lend)
+        ended = end_lease()
         if ended == _LEASE_CLOSED:
             c.returns_not_skipped += 1
             self._discard(slot, lost=True)
@@ -1355,6 +1412,7 @@ class Pool(AsyncpgPoolMethods):
             self._emit(EventKind.CONNECT, elapsed)
         slot.conn = conn
         slot.end_lease = _pg.lease_ender(conn)
+        slot.wrapper = wrapper_class(type(conn))
         slot.created_at = slot.last_used = now
         if cfg.max_lifetime is not None:
             slot.expires_at = now + cfg.max_lifetime * (1 - cfg.lifetime_jitter * random.random())
@@ -1574,7 +1632,7 @@ class _AcquireContext:
                 slot.uses += 1
                 slot.acquired_at = now
                 slot.dirty = False
-                conn = _new_object(PooledConnection)  # as in Pool._lend
+                conn = _new_object(slot.wrapper)  # as in Pool._lend
                 conn._pool = pool
                 conn._slot = slot
                 conn._con = slot.conn

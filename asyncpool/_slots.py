@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._connection import PooledConnection
 
 __all__ = ("SlotState", "_Slot")
 
@@ -58,6 +61,7 @@ class _Slot:
         "stack",
         "state",
         "uses",
+        "wrapper",
     )
 
     def __init__(self, generation: int) -> None:
@@ -65,6 +69,8 @@ class _Slot:
         self.conn: Any = None
         # _pg.lease_ender(conn), made when the connection opens.
         self.end_lease: Callable[[], int] = _no_lease
+        # The class of the wrappers lent for this connection (_connection.wrapper_class).
+        self.wrapper: type[PooledConnection] = None  # type: ignore[assignment]
         self.generation = generation
         self.created_at = 0.0
         self.expires_at = float("inf")

@@ -44,14 +44,17 @@ class FakeConnection:
     It also carries the private attributes of ``asyncpg.Connection`` that asyncpool
     reads when a lease ends (``_protocol``, ``_aborted``, ``_top_xact``,
     ``_pool_release_ctr``), so the fake takes the same code path as a real connection.
+    Slotted like ``asyncpg.Connection`` (a class whose instances have a ``__dict__`` gets
+    a slower, forwarding lease wrapper: see ``asyncpool._connection.wrapper_class``).
     """
 
-    _aborted = False
-    _pool_release_ctr = 0
-    _top_xact = None
+    __slots__ = ("_aborted", "_pool_release_ctr", "_protocol", "_top_xact")
 
     def __init__(self) -> None:
         self._protocol = _FakeProtocol()
+        self._aborted = False
+        self._pool_release_ctr = 0
+        self._top_xact: Any = None
 
     def is_closed(self) -> bool:
         return False
