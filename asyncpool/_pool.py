@@ -7,7 +7,7 @@ Design (read this before changing anything here)
   The idle deque holds exactly the IDLE slots, so the hot path moves a slot between
   IDLE and IN_USE without touching the counters: ``_counts[IDLE] + _counts[IN_USE]``
   is always right, and ``_state_counts()`` settles the split from the deque.
-* State changes happen in plain synchronous methods (``_lend``, ``_hand_over``,
+* State changes happen in plain synchronous methods (``_hand_over``,
   ``_returned``, ``_enqueue``, ``_discard``, ``_grow`` ...). They contain no ``await``, so on
   one event loop they need no lock and cancellation cannot interrupt them. The
   I/O they decide on (connect, reset, ping, close) runs afterwards, in the
@@ -87,7 +87,6 @@ if HISTOGRAM_BOUNDS[:3] != _FIRST_BOUNDS:  # pragma: no cover - a guard for edit
     raise RuntimeError("asyncpool: HISTOGRAM_BOUNDS changed; update the unrolled buckets")
 _LEASE_CLOSED = _pg.LEASE_CLOSED
 _LEASE_NEEDS_ROLLBACK = _pg.LEASE_NEEDS_ROLLBACK
-_CLOSING_I = int(SlotState.CLOSING)  # a plain int indexes a list faster than an IntEnum
 
 # A queued borrower: (future, deadline or _INF, start); see Pool._waiters.
 _Waiter = tuple["asyncio.Future[_Slot]", float, float]
@@ -132,6 +131,7 @@ class Pool(AsyncpgPoolMethods):
     __slots__ = (
         "__weakref__",
         "_acquire_timeout",
+        "_active",
         "_auto_reset",
         "_backoff",
         "_clock",
@@ -276,6 +276,7 @@ class Pool(AsyncpgPoolMethods):
         self._fork_gen = _fork_generation
         self._slots: set[_Slot] = set()
         self._counts = [0] * N_STATES
+        self._active = 0  # slots not CLOSING: len(self._slots) - self._counts[CLOSING]
         self._idle: deque[_Slot] = deque()
         # Waiters, oldest first: (future, deadline, start) in the loop's clock.
         # The deadline is kept here for borrowers with the pool's acquire_timeout, whose
@@ -610,6 +611,7 @@ class Pool(AsyncpgPoolMethods):
             self._waiters.clear()
             self._tasks.clear()
             self._counts = [0] * N_STATES
+            self._active = 0
             self._n_waiting = 0
             return
         if self._state is not _CLOSED:
@@ -723,33 +725,6 @@ class Pool(AsyncpgPoolMethods):
             )
         return PoolClosed(f"asyncpool pool {self.name!r} is closed; no connections are lent")
 
-    def _lend(self, slot: _Slot, started: float, frames: int) -> PooledConnection:
-        """Turn an IN_USE-reserved slot into a lease after a wait that began at
-        ``started`` (sync). ``frames``: asyncpool frames on the stack up to here (a leak
-        report shows the borrower's).
-        """
-        slot.uses += 1
-        slot.acquired_at = _now()
-        clock = self._clock  # (a local: `self._clock()` would take CPython's slow method lookup)
-        waited = clock() - started
-        slot.dirty = False
-        wait_time = self._counters.wait_time  # _Recorder.add, inlined
-        wait_time.sum += waited
-        if waited > wait_time.max:
-            wait_time.max = waited
-        if waited <= 0.001:  # the first three buckets, unrolled (see _FIRST_BOUNDS)
-            wait_time.buckets[0 if waited <= 0.0001 else 1 if waited <= 0.0005 else 2] += 1
-        else:
-            wait_time.buckets[bisect_left(HISTOGRAM_BOUNDS, waited)] += 1
-        if self._extras:
-            self._on_lent(slot, waited, frames)
-        conn = _new_object(slot.wrapper)  # see PooledConnection: no __init__ call
-        conn._pool = self
-        conn._slot = slot
-        conn._con = slot.conn
-        conn._lease = slot.uses
-        return conn
-
     def _on_lent(self, slot: _Slot, waited: float, frames: int) -> None:
         """Event hooks and leak tracking of a lend; ``frames``: pool frames on the stack."""
         if self._hooks:
@@ -793,9 +768,11 @@ class Pool(AsyncpgPoolMethods):
                  deadline: float = _INF) -> tuple[asyncio.Future[_Slot], float]:
         """Queue a waiter (sync): the future a connection will be handed over on, and
         the wait's start. The deadline comes from ``timeout`` unless ``started`` is given.
+        ``_AcquireContext.__aenter__`` inlines the usual case (the pool's acquire_timeout,
+        a full pool, nothing to refuse): keep the two in step.
         """
         if started is None:
-            clock = self._clock  # (see _lend)
+            clock = self._clock  # (a local: see _AcquireContext.__aenter__)
             started = clock()
             if timeout is None:  # the pool's acquire_timeout: kept in the deque
                 ordered = deadline = started + self._acquire_timeout
@@ -812,7 +789,7 @@ class Pool(AsyncpgPoolMethods):
         fut: asyncio.Future[_Slot] = _Future(loop=self._loop)
         self._waiters.append((fut, ordered, started))
         self._n_waiting += 1
-        if len(self._slots) - self._counts[_CLOSING_I] < self._max_size:
+        if self._active < self._max_size:
             self._grow()  # (it returns at once when the pool is full)
         if deadline != ordered:
             self._push_deadline(fut, deadline, started)
@@ -850,10 +827,11 @@ class Pool(AsyncpgPoolMethods):
             self._retire(slot, "pool closing")
         raise self._refuse()
 
-    async def _wait(self, timeout: float | None) -> PooledConnection:
+    async def _wait(self, timeout: float | None) -> tuple[_Slot, float]:
         """The slow path of acquire when idle connections may need a check (ping or
         retirement) first; else queue as a waiter until a connection is handed over or
-        the deadline passes. Only ``_AcquireContext.__aenter__`` calls it, after
+        the deadline passes. Returns the slot (IN_USE, for the caller to lend at once)
+        and the wait's start. Only ``_AcquireContext.__aenter__`` calls it, after
         checking state and loop (which also queues directly when nothing is idle).
         """
         started, deadline = self._wait_deadline(timeout)
@@ -872,7 +850,7 @@ class Pool(AsyncpgPoolMethods):
                     self._handed_late(slot)
             elif slot.state is CHECKING and not await self._check(slot, started, deadline):
                 continue
-            return self._lend(slot, started, 4)
+            return slot, started
 
     def _may_wait(self) -> None:
         """Refuse to queue when the database is known down or the queue is full."""
@@ -1089,7 +1067,7 @@ class Pool(AsyncpgPoolMethods):
         if slot.callbacks is not None:
             _pg.remove_callbacks(slot.conn, slot.callbacks)
             slot.callbacks = None
-        end_lease = slot.end_lease  # (a local: see _lend)
+        end_lease = slot.end_lease  # (a local: see _AcquireContext.__aenter__)
         ended = end_lease()
         if ended == _LEASE_CLOSED:
             c.returns_not_skipped += 1
@@ -1232,6 +1210,8 @@ class Pool(AsyncpgPoolMethods):
 
     def _set(self, slot: _Slot, state: SlotState) -> None:
         counts = self._counts
+        if state is CLOSING and slot.state is not CLOSING:
+            self._active -= 1
         counts[slot.state] -= 1
         counts[state] += 1
         slot.state = state
@@ -1240,6 +1220,7 @@ class Pool(AsyncpgPoolMethods):
         slot = _Slot(self._generation)
         self._slots.add(slot)
         self._counts[CONNECTING] += 1
+        self._active += 1
         return slot
 
     def _remove(self, slot: _Slot) -> None:
@@ -1248,6 +1229,8 @@ class Pool(AsyncpgPoolMethods):
         self._slots.remove(slot)
         self._lends_gone += slot.uses
         self._counts[slot.state] -= 1
+        if slot.state is not CLOSING:
+            self._active -= 1
         if slot.state is IDLE:
             try:
                 self._idle.remove(slot)
@@ -1279,7 +1262,7 @@ class Pool(AsyncpgPoolMethods):
             self._retire(slot, "pool closing")
             return False
         if self._over_max:
-            if len(self._slots) - self._counts[CLOSING] > self._max_size:
+            if self._active > self._max_size:
                 self._retire(slot, "resize")  # max_size shrank while it was lent or busy
                 return False
             self._over_max = False
@@ -1353,7 +1336,7 @@ class Pool(AsyncpgPoolMethods):
     def _grow(self) -> None:
         """Start background connects for waiters and for ``min_size`` (sync)."""
         n = self._counts
-        active = len(self._slots) - n[CLOSING]
+        active = self._active
         if active >= self._max_size or self._state is not _OPEN:
             return  # the common case under load: full, nothing to open
         cfg = self._config
@@ -1487,7 +1470,7 @@ class Pool(AsyncpgPoolMethods):
             elif now >= slot.expires_at or slot.generation != self._generation or (
                 cfg.max_idle is not None
                 and now - slot.last_used >= cfg.max_idle
-                and len(self._slots) - self._counts[CLOSING] > cfg.min_size
+                and self._active > cfg.min_size
             ):
                 self._retire(slot, "max_lifetime or max_idle")
             elif (
@@ -1547,10 +1530,10 @@ class Pool(AsyncpgPoolMethods):
             max_size=self._config.max_size if max_size is None else max_size,
         )
         self._apply_config()
-        excess = len(self._slots) - self._counts[CLOSING] - self._config.max_size
+        excess = self._active - self._config.max_size
         for slot in list(self._idle)[:max(excess, 0)]:
             self._retire(slot, "resize")
-        if len(self._slots) - self._counts[CLOSING] > self._max_size:
+        if self._active > self._max_size:
             self._over_max = True  # busy ones close as they come back (_hand_over)
         self._grow()
 
@@ -1632,7 +1615,7 @@ class _AcquireContext:
                 slot.uses += 1
                 slot.acquired_at = now
                 slot.dirty = False
-                conn = _new_object(slot.wrapper)  # as in Pool._lend
+                conn = _new_object(slot.wrapper)  # no __init__ call: see PooledConnection
                 conn._pool = pool
                 conn._slot = slot
                 conn._con = slot.conn
@@ -1643,9 +1626,23 @@ class _AcquireContext:
                         await pool._run_setup(conn)
                 self._conn = conn
                 return conn
-            conn = await pool._wait(self._timeout)  # idle ones to check first
+            slot, started = await pool._wait(self._timeout)  # idle ones to check first
         else:  # nothing idle, or others wait first: queue
-            fut, started = pool._enqueue(self._timeout)
+            timeout = self._timeout
+            if (
+                timeout is None and pool._active >= pool._max_size
+                and not pool._down and pool._max_waiting is None
+            ):  # Pool._enqueue, inlined for the usual wait (see there)
+                clock = pool._clock
+                started = clock()
+                deadline = started + pool._acquire_timeout
+                fut: asyncio.Future[_Slot] = _Future(loop=pool._loop)
+                pool._waiters.append((fut, deadline, started))
+                pool._n_waiting += 1
+                if deadline < pool._deadline_at:
+                    pool._arm_deadlines(deadline)
+            else:
+                fut, started = pool._enqueue(timeout)
             try:
                 slot = await fut
             except BaseException as exc:
@@ -1653,9 +1650,29 @@ class _AcquireContext:
                 raise
             if pool._state is not _OPEN:
                 pool._handed_late(slot)
-            conn = pool._lend(slot, started, 3)
-        if pool._setup is not None:
-            await pool._run_setup(conn)
+        # Lend a slot handed over after a wait (or checked by Pool._wait).
+        slot.uses += 1
+        slot.acquired_at = _now()
+        clock = pool._clock  # (a local: `pool._clock()` takes CPython's slow method lookup)
+        waited = clock() - started
+        slot.dirty = False
+        wait_time = pool._counters.wait_time  # _Recorder.add, inlined
+        wait_time.sum += waited
+        if waited > wait_time.max:
+            wait_time.max = waited
+        if waited <= 0.001:  # the first three buckets, unrolled (see _FIRST_BOUNDS)
+            wait_time.buckets[0 if waited <= 0.0001 else 1 if waited <= 0.0005 else 2] += 1
+        else:
+            wait_time.buckets[bisect_left(HISTOGRAM_BOUNDS, waited)] += 1
+        conn = _new_object(slot.wrapper)  # as above
+        conn._pool = pool
+        conn._slot = slot
+        conn._con = slot.conn
+        conn._lease = slot.uses
+        if pool._extras:
+            pool._on_lent(slot, waited, 2)
+            if pool._setup is not None:
+                await pool._run_setup(conn)
         self._conn = conn
         return conn
 

@@ -127,6 +127,7 @@ def check_slots(pool: Any) -> None:
     # the IDLE slots, once each.
     counts = pool._state_counts()
     assert by_state == counts, (by_state, counts)
+    assert pool._active == len(pool._slots) - counts[5], (pool._active, counts)  # not CLOSING
     assert len(set(pool._idle)) == len(pool._idle)
     assert stats.size == len(pool._slots)
     assert stats.size == (stats.idle + stats.in_use + stats.connecting + stats.returning
