@@ -51,7 +51,7 @@ from typing import Any
 from . import _pg
 from ._compat import AsyncpgPoolMethods
 from ._config import PoolConfig
-from ._connection import PooledConnection, wrapper_class
+from ._connection import PooledConnection, wrapper_classes
 from ._errors import (
     ConnectionBudgetExceeded,
     ConnectionReleasedError,
@@ -670,6 +670,7 @@ class Pool(AsyncpgPoolMethods):
         context._pool = self
         context._timeout = timeout
         context._conn = None
+        context._guarded = False
         return context
 
     def _check_loop(self) -> asyncio.AbstractEventLoop:
@@ -1395,7 +1396,7 @@ class Pool(AsyncpgPoolMethods):
             self._emit(EventKind.CONNECT, elapsed)
         slot.conn = conn
         slot.end_lease = _pg.lease_ender(conn)
-        slot.wrapper = wrapper_class(type(conn))
+        slot.wrapper, slot.guarded_wrapper = wrapper_classes(type(conn))
         slot.created_at = slot.last_used = now
         if cfg.max_lifetime is not None:
             slot.expires_at = now + cfg.max_lifetime * (1 - cfg.lifetime_jitter * random.random())
@@ -1581,14 +1582,18 @@ class _AcquireContext:
     everything else goes to :meth:`Pool._wait`.
     """
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_conn", "_guarded", "_pool", "_timeout")
 
     # Made by Pool.acquire(), never by calling the class.
     _pool: Pool
     _timeout: float | None
     _conn: PooledConnection | None
+    # True for `await pool.acquire()`: nothing but the borrower ends that lease, so its
+    # wrapper reclaims the connection if dropped unreleased (see wrapper_classes).
+    _guarded: bool
 
     def __await__(self) -> Generator[Any, None, PooledConnection]:
+        self._guarded = True
         return self.__aenter__().__await__()
 
     async def __aenter__(self) -> PooledConnection:
@@ -1615,7 +1620,8 @@ class _AcquireContext:
                 slot.uses += 1
                 slot.acquired_at = now
                 slot.dirty = False
-                conn = _new_object(slot.wrapper)  # no __init__ call: see PooledConnection
+                # (no __init__ call: see PooledConnection)
+                conn = _new_object(slot.guarded_wrapper if self._guarded else slot.wrapper)
                 conn._pool = pool
                 conn._slot = slot
                 conn._con = slot.conn
@@ -1664,7 +1670,7 @@ class _AcquireContext:
             wait_time.buckets[0 if waited <= 0.0001 else 1 if waited <= 0.0005 else 2] += 1
         else:
             wait_time.buckets[bisect_left(HISTOGRAM_BOUNDS, waited)] += 1
-        conn = _new_object(slot.wrapper)  # as above
+        conn = _new_object(slot.guarded_wrapper if self._guarded else slot.wrapper)  # as above
         conn._pool = pool
         conn._slot = slot
         conn._con = slot.conn

@@ -60,6 +60,7 @@ class _Slot:
         "leak_reported",
         "stack",
         "state",
+        "guarded_wrapper",
         "uses",
         "wrapper",
     )
@@ -69,8 +70,10 @@ class _Slot:
         self.conn: Any = None
         # _pg.lease_ender(conn), made when the connection opens.
         self.end_lease: Callable[[], int] = _no_lease
-        # The class of the wrappers lent for this connection (_connection.wrapper_class).
+        # The classes of the wrappers lent for this connection, by `async with` and by
+        # `await pool.acquire()` (_connection.wrapper_classes), set when it opens.
         self.wrapper: type[PooledConnection] = None  # type: ignore[assignment]
+        self.guarded_wrapper: type[PooledConnection] = None  # type: ignore[assignment]
         self.generation = generation
         self.created_at = 0.0
         self.expires_at = float("inf")

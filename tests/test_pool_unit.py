@@ -541,6 +541,34 @@ async def test_garbage_collected_connection_is_recovered(
     check_invariants(pool)
 
 
+async def test_async_with_block_of_a_collected_coroutine_releases(
+    make_fake_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An `async with` lease needs no finalizer on its wrapper: a coroutine suspended in
+    the block and then garbage-collected is closed by Python, which runs __aexit__. The
+    wrappers of `await pool.acquire()` keep theirs (the test above)."""
+    pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def borrower() -> None:
+        async with pool.acquire() as conn:
+            assert not hasattr(type(conn), "__del__")
+            await never
+
+    coro = borrower()
+    coro.send(None)  # into the block, suspended on `never`
+    assert pool.stats().in_use == 1
+    del coro
+    gc.collect()
+    stats = pool.stats()
+    assert (stats.in_use, stats.idle, stats.released_total, stats.leaks_total) == (0, 1, 1, 0)
+    assert "garbage-collected" not in caplog.text
+    conn = await pool.acquire()
+    assert hasattr(type(conn), "__del__") and isinstance(conn, asyncpool.PooledConnection)
+    await pool.release(conn)
+    check_invariants(pool)
+
+
 # ------------------------------------------------------------------- close
 
 
