@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the grid this many times, interleaved; keep each cell's median")
     p.add_argument("--target-repeat", type=int, default=None,
                    help="run the cells the targets compare at least this many times "
-                        "(default 5; quick 1)")
+                        "(default 9; quick 1)")
     p.add_argument("--size", type=int, default=10, help="pool size N (default 10)")
     p.add_argument("--systems", type=_csv(str, list(SYSTEMS)), default=None,
                    help="comma-separated subset of: " + ", ".join(SYSTEMS))
@@ -276,7 +276,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup_cap=args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 1.5),
         repeat=args.repeat,
         target_repeat=(args.target_repeat if args.target_repeat is not None
-                       else 1 if quick else 5),
+                       else 1 if quick else 9),
         name=args.name or ("quick" if quick else "partial" if filtered else "latest"),
     )
 

@@ -121,7 +121,8 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
         f"operation, at most {meta['warmup_cap']} s), then a {meta['duration']} s window; "
         f"{meta['repeat']} repetition(s) of the grid, {meta.get('target_repeat', 1)} of the "
         "cells the targets compare (median kept: the median-throughput run, with each "
-        "latency the median over runs). Load average at start: "
+        "latency the median over runs; a target's ratio is the median of its per-"
+        "repetition ratios, each from two cells run close together). Load average at start: "
         f"{meta.get('loadavg_start')}, at end: {meta.get('loadavg_end')}.",
         "",
         "Command: `" + meta["command"] + "`",
