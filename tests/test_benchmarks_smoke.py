@@ -59,3 +59,32 @@ def test_benchmark_harness_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
     assert any(t["status"] != "SKIP" for t in doc["targets"])
     assert sum(line.startswith(("PASS: ", "FAIL: ", "SKIP: "))
                for line in proc.stdout.splitlines()) == len(doc["targets"])
+
+
+def test_target_ratio_pairs_the_repetitions() -> None:
+    """A target over cells run several times takes the median of the per-repetition
+    ratios (drift between repetitions cancels); with one run, the plain ratio."""
+    from benchmarks.runner import CellResult
+    from benchmarks.targets import evaluate_targets
+
+    def cell(system: str, conc: int, throughputs: list[float]) -> CellResult:
+        ordered = sorted(throughputs)
+        result = CellResult(system, "select1", conc, "asyncio",
+                            throughput=ordered[(len(ordered) - 1) // 2])
+        if len(throughputs) > 1:
+            result.extra["repeats"] = [{"throughput": t, "status": "ok"} for t in throughputs]
+        return result
+
+    # The machine slows down in the third repetition for both: paired ratios stay 0.9.
+    ours, ref = [900.0, 910.0, 450.0, 905.0, 880.0], [1000.0, 1011.0, 500.0, 1005.0, 978.0]
+    cells = {("asyncio", "select1", "asyncpool", 100): cell("asyncpool", 100, ours),
+             ("asyncio", "select1", "pinned", 100): cell("pinned", 100, ref)}
+    (target,) = [t for t in evaluate_targets(cells, ["asyncio"], [])
+                 if t.name.startswith("SELECT 1, 100 borrowers")]
+    assert target.ratio is not None and abs(target.ratio - 0.9) < 0.001
+    assert "median of 5 paired repetitions" in target.detail and target.status == "PASS"
+    cells = {("asyncio", "select1", "asyncpool", 100): cell("asyncpool", 100, [800.0]),
+             ("asyncio", "select1", "pinned", 100): cell("pinned", 100, [1000.0])}
+    (target,) = [t for t in evaluate_targets(cells, ["asyncio"], [])
+                 if t.name.startswith("SELECT 1, 100 borrowers")]
+    assert target.ratio == 0.8 and target.status == "FAIL" and "paired" not in target.detail
