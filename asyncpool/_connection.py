@@ -429,7 +429,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
 
     # No __getattr__ here: a class with one loses CPython's fast attribute access (every
     # `conn.fetchval` and `conn._con` would take the slow generic lookup). Names that a
-    # connection_class adds are forwarded by a subclass made for it (wrapper_class).
+    # connection_class adds are forwarded by a subclass made for it (wrapper_classes).
 
 
 def _forward(name: str) -> property:
