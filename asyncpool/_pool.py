@@ -773,14 +773,9 @@ class Pool(AsyncpgPoolMethods):
         a full pool, nothing to refuse): keep the two in step.
         """
         if started is None:
-            clock = self._clock  # (a local: see _AcquireContext.__aenter__)
-            started = clock()
-            if timeout is None:  # the pool's acquire_timeout: kept in the deque
-                ordered = deadline = started + self._acquire_timeout
-            elif timeout >= 0:
-                ordered, deadline = _INF, started + timeout
-            else:
-                raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+            started, deadline = self._wait_deadline(timeout)
+            # The pool's acquire_timeout is kept in the deque; other deadlines in the heap.
+            ordered = deadline if timeout is None else _INF
         else:
             ordered = _INF  # (a wait that began earlier: its deadline may come first)
         if self._down or self._max_waiting is not None:
@@ -897,10 +892,7 @@ class Pool(AsyncpgPoolMethods):
         if heap and heap[0][0] < earliest:
             earliest = heap[0][0]
         if earliest != _INF:
-            self._deadline_at = earliest
-            self._deadline_timer = self._loop.call_at(  # type: ignore[union-attr]
-                earliest, self._on_deadlines
-            )
+            self._arm_deadlines(earliest)
 
     def _abandon(self, fut: asyncio.Future[_Slot], exc: BaseException) -> None:
         """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""
