@@ -439,3 +439,42 @@ async def test_expire_during_a_reset_replaces_that_connection_real(postgres_dsn:
             assert conn.get_server_pid() != old_pid
             assert await conn.fetchval("SHOW work_mem") != "8MB"
         check_invariants(pool)
+
+
+async def test_async_with_in_a_collected_coroutine_releases_and_resets(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A coroutine suspended inside `async with pool.acquire()` and garbage-collected
+    releases its connection through the block's exit (no finalizer on the wrapper):
+    the session it changed is reset, the same server connection serves the next
+    borrower, and no leak is reported."""
+    import gc
+
+    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1) as pool:
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pids: list[int] = []
+
+        async def borrower(gate: asyncio.Future[None]) -> None:
+            async with pool.acquire() as conn:
+                await conn.execute("SET work_mem = '9MB'")
+                pids.append(conn.get_server_pid())
+                await gate  # forever: only this task and the test hold the gate
+
+        task = asyncio.ensure_future(borrower(gate))
+        for _ in range(500):
+            if pids:
+                break
+            await asyncio.sleep(0.01)
+        assert pids and pool.stats().in_use == 1
+        # Drop the task and its gate without cancelling anything: the task is garbage,
+        # and collecting it closes its coroutine inside the block.
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        del task, gate
+        gc.collect()
+        stats = await settled(pool)
+        assert (stats.released_total, stats.leaks_total) == (1, 0), stats
+        async with pool.acquire(timeout=5) as conn:
+            assert conn.get_server_pid() == pids[0]
+            assert await conn.fetchval("SHOW work_mem") == "4MB"
+        assert "garbage-collected" not in caplog.text
+        check_invariants(pool)
