@@ -22,8 +22,7 @@ def tests(session: nox.Session) -> None:
 def tests_loops(session: nox.Session, loop: str) -> None:
     """The test suite on uvloop and in asyncio debug mode."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs,
-                env={"ASYNCPOOL_TEST_LOOP": loop})
+    session.run("python", "-m", "pytest", *session.posargs, env={"ASYNCPOOL_TEST_LOOP": loop})
 
 
 @nox.session(python="3.12")

@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         from .sizing import main as size
 
         return size(rest)
-    print(f"python -m asyncpool: unknown command {command!r} (try demo or size)",
-          file=sys.stderr)
+    print(f"python -m asyncpool: unknown command {command!r} (try demo or size)", file=sys.stderr)
     return 2
 
 

@@ -162,12 +162,16 @@ def evaluate_budget(
         f"in use now"
     )
     if pooler is not None:
-        return report(True, True, (
-            f"asyncpool pool {pool_name!r}: behind {pooler} the server's connections are "
-            f"bounded by the pooler's pool size, not by max_size * instances ({requested}); "
-            f"{facts_text}. Keep PgBouncer's default_pool_size * (databases * users) "
-            f"below {capacity}"
-        ))
+        return report(
+            True,
+            True,
+            (
+                f"asyncpool pool {pool_name!r}: behind {pooler} the server's connections are "
+                f"bounded by the pooler's pool size, not by max_size * instances ({requested}); "
+                f"{facts_text}. Keep PgBouncer's default_pool_size * (databases * users) "
+                f"below {capacity}"
+            ),
+        )
     ok = requested <= capacity
     fits_now = max_size - 1 <= available
     if not ok:
@@ -225,14 +229,16 @@ async def check_budget(
         ValueError: for an unknown policy or sizes below 1.
     """
     if policy not in BUDGET_POLICIES:
-        raise ValueError(f"budget_check must be one of {', '.join(BUDGET_POLICIES)}, "
-                         f"got {policy!r}")
+        raise ValueError(
+            f"budget_check must be one of {', '.join(BUDGET_POLICIES)}, got {policy!r}"
+        )
     for name, value in (("max_size", max_size), ("instances", instances)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     facts = await read_server_facts(conn)
-    result = evaluate_budget(facts, max_size=max_size, instances=instances,
-                             pool_name=pool_name, pooler=pooler)
+    result = evaluate_budget(
+        facts, max_size=max_size, instances=instances, pool_name=pool_name, pooler=pooler
+    )
     if policy == "off":
         return result
     if not result.ok:

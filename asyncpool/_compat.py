@@ -205,9 +205,19 @@ class AsyncpgPoolMethods:
         """
         async with self.acquire() as con:
             status: str = await con.copy_from_table(
-                table_name, output=output, columns=columns, schema_name=schema_name,
-                timeout=timeout, format=format, oids=oids, delimiter=delimiter, null=null,
-                header=header, quote=quote, escape=escape, force_quote=force_quote,
+                table_name,
+                output=output,
+                columns=columns,
+                schema_name=schema_name,
+                timeout=timeout,
+                format=format,
+                oids=oids,
+                delimiter=delimiter,
+                null=null,
+                header=header,
+                quote=quote,
+                escape=escape,
+                force_quote=force_quote,
                 encoding=encoding,
             )
             return status
@@ -233,9 +243,19 @@ class AsyncpgPoolMethods:
         """
         async with self.acquire() as con:
             status: str = await con.copy_from_query(
-                query, *args, output=output, timeout=timeout, format=format, oids=oids,
-                delimiter=delimiter, null=null, header=header, quote=quote, escape=escape,
-                force_quote=force_quote, encoding=encoding,
+                query,
+                *args,
+                output=output,
+                timeout=timeout,
+                format=format,
+                oids=oids,
+                delimiter=delimiter,
+                null=null,
+                header=header,
+                quote=quote,
+                escape=escape,
+                force_quote=force_quote,
+                encoding=encoding,
             )
             return status
 
@@ -268,11 +288,24 @@ class AsyncpgPoolMethods:
         """
         async with self.acquire() as con:
             status: str = await con.copy_to_table(
-                table_name, source=source, columns=columns, schema_name=schema_name,
-                timeout=timeout, format=format, oids=oids, freeze=freeze,
-                delimiter=delimiter, null=null, header=header, quote=quote, escape=escape,
-                force_quote=force_quote, force_not_null=force_not_null,
-                force_null=force_null, encoding=encoding, where=where,
+                table_name,
+                source=source,
+                columns=columns,
+                schema_name=schema_name,
+                timeout=timeout,
+                format=format,
+                oids=oids,
+                freeze=freeze,
+                delimiter=delimiter,
+                null=null,
+                header=header,
+                quote=quote,
+                escape=escape,
+                force_quote=force_quote,
+                force_not_null=force_not_null,
+                force_null=force_null,
+                encoding=encoding,
+                where=where,
             )
             return status
 
@@ -293,7 +326,11 @@ class AsyncpgPoolMethods:
         """
         async with self.acquire() as con:
             status: str = await con.copy_records_to_table(
-                table_name, records=records, columns=columns, schema_name=schema_name,
-                timeout=timeout, where=where,
+                table_name,
+                records=records,
+                columns=columns,
+                schema_name=schema_name,
+                timeout=timeout,
+                where=where,
             )
             return status

@@ -111,13 +111,16 @@ class PoolConfig:
             "reconnect_max_delay",
         ):
             _non_negative(name, getattr(self, name), allow_none=False)
-        for name in ("max_lifetime", "max_idle", "ping_after_idle", "keepalive_interval",
-                     "leak_timeout"):
+        for name in (
+            "max_lifetime",
+            "max_idle",
+            "ping_after_idle",
+            "keepalive_interval",
+            "leak_timeout",
+        ):
             _non_negative(name, getattr(self, name))
         if self.maintenance_interval <= 0:
-            raise ValueError(
-                f"maintenance_interval must be > 0, got {self.maintenance_interval!r}"
-            )
+            raise ValueError(f"maintenance_interval must be > 0, got {self.maintenance_interval!r}")
         if not 0 <= self.lifetime_jitter < 1:
             raise ValueError(f"lifetime_jitter must be in [0, 1), got {self.lifetime_jitter!r}")
         if not callable(self.reset) and self.reset not in RESET_MODES:
@@ -125,8 +128,10 @@ class PoolConfig:
                 f"reset must be one of {', '.join(RESET_MODES)} or an async callable, "
                 f"got {self.reset!r}"
             )
-        if isinstance(self.instances, bool) or not isinstance(self.instances, int) or (
-            self.instances < 1
+        if (
+            isinstance(self.instances, bool)
+            or not isinstance(self.instances, int)
+            or (self.instances < 1)
         ):
             raise ValueError(f"instances must be an integer >= 1, got {self.instances!r}")
         if self.budget_check not in ("warn", "refuse", "off"):
@@ -134,8 +139,9 @@ class PoolConfig:
                 f"budget_check must be one of warn, refuse, off, got {self.budget_check!r}"
             )
         if self.pooler is not None and self.pooler not in POOLERS:
-            raise ValueError(f"pooler must be None or one of {', '.join(POOLERS)}, "
-                             f"got {self.pooler!r}")
+            raise ValueError(
+                f"pooler must be None or one of {', '.join(POOLERS)}, got {self.pooler!r}"
+            )
         for name in ("init", "setup", "connect", "connect_args"):
             value = getattr(self, name)
             if value is not None and not callable(value):

@@ -224,8 +224,10 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         # asyncpg's prepare sends no Sync: the server session stays in an implicit
         # transaction (holding locks) until the next statement; the reset ends it.
         self._slot.dirty = True  # type: ignore[union-attr]
-        if name is not None and self._pool._config.shares_server_sessions and (
-            self._pool._config.connect_kwargs.get("statement_cache_size") == 0
+        if (
+            name is not None
+            and self._pool._config.shares_server_sessions
+            and (self._pool._config.connect_kwargs.get("statement_cache_size") == 0)
         ):
             self._refuse_session_feature("a named prepared statement")
         return con.prepare(  # type: ignore[no-any-return]
@@ -276,8 +278,12 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
     ) -> _Coro:
         """Copy a table's contents to ``output`` (file, path or async callable)."""
         return self._live("copy_from_table").copy_from_table(  # type: ignore[no-any-return]
-            table_name, output=output, columns=columns, schema_name=schema_name,
-            timeout=timeout, **options,
+            table_name,
+            output=output,
+            columns=columns,
+            schema_name=schema_name,
+            timeout=timeout,
+            **options,
         )
 
     def copy_from_query(
@@ -300,8 +306,12 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
     ) -> _Coro:
         """Copy data from ``source`` into a table."""
         return self._live("copy_to_table").copy_to_table(  # type: ignore[no-any-return]
-            table_name, source=source, columns=columns, schema_name=schema_name,
-            timeout=timeout, **options,
+            table_name,
+            source=source,
+            columns=columns,
+            schema_name=schema_name,
+            timeout=timeout,
+            **options,
         )
 
     def copy_records_to_table(
@@ -316,8 +326,12 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
     ) -> _Coro:
         """Copy an iterable (or async iterable) of records into a table."""
         return self._live("copy_records_to_table").copy_records_to_table(  # type: ignore[no-any-return]
-            table_name, records=records, columns=columns, schema_name=schema_name,
-            timeout=timeout, where=where,
+            table_name,
+            records=records,
+            columns=columns,
+            schema_name=schema_name,
+            timeout=timeout,
+            where=where,
         )
 
     # -- listeners (each marks the session dirty: release removes them) ------------
@@ -482,7 +496,8 @@ def wrapper_classes(conn_type: type) -> _Wrappers:
     classes = _wrappers.get(conn_type)
     if classes is None:
         namespace: dict[str, Any] = {
-            name: _forward(name) for name in dir(conn_type)
+            name: _forward(name)
+            for name in dir(conn_type)
             if not name.startswith("_") and not hasattr(PooledConnection, name)
         }
         if getattr(conn_type, "__dictoffset__", 0):

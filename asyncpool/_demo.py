@@ -45,8 +45,9 @@ class _Progress:
         self.out.write("\n")
 
 
-async def _measure(label: str, request: Request, requests: int, concurrency: int,
-                   out: TextIO) -> dict[str, Any]:
+async def _measure(
+    label: str, request: Request, requests: int, concurrency: int, out: TextIO
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     progress = _Progress(label, requests, out)
@@ -77,8 +78,14 @@ async def _measure(label: str, request: Request, requests: int, concurrency: int
     }
 
 
-async def run_demo(dsn: str, *, requests: int = 2000, concurrency: int = 50,
-                   pool_size: int = 10, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
+async def run_demo(
+    dsn: str,
+    *,
+    requests: int = 2000,
+    concurrency: int = 50,
+    pool_size: int = 10,
+    out: TextIO = sys.stdout,
+) -> list[dict[str, Any]]:
     """Run the three strategies on ``dsn`` and return one result row per strategy."""
     results = []
     out.write(f"{requests} requests, {concurrency} concurrent, each `{QUERY}`\n")
@@ -91,8 +98,9 @@ async def run_demo(dsn: str, *, requests: int = 2000, concurrency: int = 50,
             await shared.fetchval(QUERY, i)
 
     try:
-        results.append(await _measure("one shared connection", one_shared, requests,
-                                      concurrency, out))
+        results.append(
+            await _measure("one shared connection", one_shared, requests, concurrency, out)
+        )
     finally:
         await shared.close()
 
@@ -104,16 +112,19 @@ async def run_demo(dsn: str, *, requests: int = 2000, concurrency: int = 50,
             await conn.close()
 
     per_request_count = max(requests // 4, concurrency)
-    results.append(await _measure("connection per request", per_request, per_request_count,
-                                  concurrency, out))
+    results.append(
+        await _measure("connection per request", per_request, per_request_count, concurrency, out)
+    )
 
     async with create_pool(dsn, min_size=pool_size, max_size=pool_size) as pool:
+
         async def pooled(i: int) -> None:
             async with pool.acquire() as conn:
                 await conn.fetchval(QUERY, i)
 
-        results.append(await _measure(f"asyncpool (size {pool_size})", pooled, requests,
-                                      concurrency, out))
+        results.append(
+            await _measure(f"asyncpool (size {pool_size})", pooled, requests, concurrency, out)
+        )
     return results
 
 
@@ -153,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = sys.stdout
     with _server(args.dsn, out) as dsn:
-        rows = asyncio.run(run_demo(dsn, requests=args.requests, concurrency=args.concurrency,
-                                    pool_size=args.pool_size, out=out))
+        rows = asyncio.run(
+            run_demo(
+                dsn,
+                requests=args.requests,
+                concurrency=args.concurrency,
+                pool_size=args.pool_size,
+                out=out,
+            )
+        )
     out.write("\n" + _table(rows) + "\n")
     return 0

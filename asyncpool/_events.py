@@ -62,5 +62,6 @@ def emit(hooks: list[EventHook], event: PoolEvent) -> None:
         try:
             hook(event)
         except Exception:
-            logger.exception("asyncpool: event hook %r raised on %s; ignored", hook,
-                             event.kind.value)
+            logger.exception(
+                "asyncpool: event hook %r raised on %s; ignored", hook, event.kind.value
+            )

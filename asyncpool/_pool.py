@@ -410,12 +410,17 @@ class Pool(AsyncpgPoolMethods):
 
     def _update_extras(self) -> None:
         # One test on the hot path instead of three.
-        self._extras = bool(self._hooks) or self._leak_timeout is not None or (
-            self._setup is not None
+        self._extras = (
+            bool(self._hooks) or self._leak_timeout is not None or (self._setup is not None)
         )
 
-    def _emit(self, kind: EventKind, seconds: float | None = None, reason: str | None = None,
-              error: BaseException | None = None) -> None:
+    def _emit(
+        self,
+        kind: EventKind,
+        seconds: float | None = None,
+        reason: str | None = None,
+        error: BaseException | None = None,
+    ) -> None:
         emit(self._hooks, PoolEvent(kind, self._config.name, seconds, reason, error))
 
     def __repr__(self) -> str:
@@ -506,7 +511,10 @@ class Pool(AsyncpgPoolMethods):
         )
         logger.info(
             "asyncpool pool %r opened: %d connection(s), min_size=%d max_size=%d",
-            self.name, len(self._idle), self._config.min_size, self._config.max_size,
+            self.name,
+            len(self._idle),
+            self._config.min_size,
+            self._config.max_size,
         )
         self._grow()
 
@@ -527,19 +535,29 @@ class Pool(AsyncpgPoolMethods):
             except Exception:
                 if cfg.budget_check == "refuse":
                     raise
-                logger.debug("asyncpool pool %r: budget check skipped (cannot connect)",
-                             self.name, exc_info=True)
+                logger.debug(
+                    "asyncpool pool %r: budget check skipped (cannot connect)",
+                    self.name,
+                    exc_info=True,
+                )
                 return
         try:
-            await check_budget(conn, max_size=cfg.max_size, instances=cfg.instances,
-                               policy=cfg.budget_check, pool_name=cfg.name, pooler=cfg.pooler)
+            await check_budget(
+                conn,
+                max_size=cfg.max_size,
+                instances=cfg.instances,
+                policy=cfg.budget_check,
+                pool_name=cfg.name,
+                pooler=cfg.pooler,
+            )
             if cfg.pooler is None and conn.get_server_pid() != await conn.fetchval(
                 "SELECT pg_backend_pid()"
             ):
                 logger.warning(
                     "asyncpool pool %r: a connection pooler or proxy sits between this pool "
                     "and PostgreSQL (the backend pid differs from the one announced); if it "
-                    "is PgBouncer in transaction or statement mode, set pooler=", self.name,
+                    "is PgBouncer in transaction or statement mode, set pooler=",
+                    self.name,
                 )
         except ConnectionBudgetExceeded:
             raise
@@ -586,7 +604,10 @@ class Pool(AsyncpgPoolMethods):
         if self._slots:
             logger.warning(
                 "asyncpool pool %r: %d connection(s) still busy after close timeout %.1fs; "
-                "terminating them", self.name, len(self._slots), timeout,
+                "terminating them",
+                self.name,
+                len(self._slots),
+                timeout,
             )
         pending = list(self._tasks)
         self.terminate()
@@ -765,8 +786,9 @@ class Pool(AsyncpgPoolMethods):
         started = self._clock()
         return started, started + timeout
 
-    def _enqueue(self, timeout: float | None, started: float | None = None,
-                 deadline: float = _INF) -> tuple[asyncio.Future[_Slot], float]:
+    def _enqueue(
+        self, timeout: float | None, started: float | None = None, deadline: float = _INF
+    ) -> tuple[asyncio.Future[_Slot], float]:
         """Queue a waiter (sync): the future a connection will be handed over on, and
         the wait's start. The deadline comes from ``timeout`` unless ``started`` is given.
         ``_AcquireContext.__aenter__`` inlines the usual case (the pool's acquire_timeout,
@@ -793,8 +815,7 @@ class Pool(AsyncpgPoolMethods):
             self._arm_deadlines(deadline)
         return fut, started
 
-    def _push_deadline(self, fut: asyncio.Future[_Slot], deadline: float,
-                       started: float) -> None:
+    def _push_deadline(self, fut: asyncio.Future[_Slot], deadline: float, started: float) -> None:
         """Track the deadline of a waiter that is not in the deque's deadline order."""
         heap = self._deadlines
         while heap and heap[0][2].done():
@@ -855,7 +876,8 @@ class Pool(AsyncpgPoolMethods):
             raise DatabaseUnavailable(
                 f"asyncpool pool {self.name!r}: the database is unreachable (no connection is "
                 f"open and the last connect failed: {self._last_connect_error!r}); retrying "
-                "in the background", self._last_connect_error,
+                "in the background",
+                self._last_connect_error,
             ) from self._last_connect_error
         max_waiting = self._config.max_waiting
         if max_waiting is not None and self._n_waiting >= max_waiting:
@@ -937,12 +959,16 @@ class Pool(AsyncpgPoolMethods):
         if self._last_connect_error is not None and self._down:
             cause = f"the database looks down (last connect error: {self._last_connect_error!r})"
         elif cfg.leak_timeout is not None and oldest > cfg.leak_timeout:
-            cause = (f"a borrower has held a connection for {oldest:.1f}s, longer than "
-                     f"leak_timeout={cfg.leak_timeout}s: likely a leak (see the leak warning)")
+            cause = (
+                f"a borrower has held a connection for {oldest:.1f}s, longer than "
+                f"leak_timeout={cfg.leak_timeout}s: likely a leak (see the leak warning)"
+            )
         elif busy >= cfg.max_size:
-            cause = (f"the pool is at max_size={cfg.max_size} and every connection is busy: "
-                     "raise max_size (if the server allows), shorten transactions, or raise "
-                     "acquire_timeout")
+            cause = (
+                f"the pool is at max_size={cfg.max_size} and every connection is busy: "
+                "raise max_size (if the server allows), shorten transactions, or raise "
+                "acquire_timeout"
+            )
         elif self._last_connect_error is not None:
             cause = f"new connections fail: {self._last_connect_error!r}"
         else:
@@ -976,8 +1002,11 @@ class Pool(AsyncpgPoolMethods):
             raise
         except Exception as exc:
             self._counters.pings_failed_total += 1
-            logger.info("asyncpool pool %r: discarding a connection that failed its "
-                        "health check: %r", self.name, exc)
+            logger.info(
+                "asyncpool pool %r: discarding a connection that failed its health check: %r",
+                self.name,
+                exc,
+            )
             self._set(slot, IN_USE)
             self._discard(slot, lost=True)
             return False
@@ -1018,15 +1047,15 @@ class Pool(AsyncpgPoolMethods):
             mine = conn._pool is self
         except AttributeError:
             raise PoolUsageError(
-                f"release() takes a connection lent by asyncpool pool {self.name!r}, "
-                f"got {conn!r}"
+                f"release() takes a connection lent by asyncpool pool {self.name!r}, got {conn!r}"
             ) from None
         if slot is None or not mine:
             self._check_release(conn)
             return
         tid_loop = self._tid_loop  # the cheap test of _check_loop's docstring
         if (
-            tid_loop._thread_id != get_ident() if tid_loop is not None
+            tid_loop._thread_id != get_ident()
+            if tid_loop is not None
             else self._owner_tid != get_ident() or not self._loop.is_running()  # type: ignore[union-attr]
         ) and self._state is not _CLOSED:
             self._check_loop()
@@ -1068,11 +1097,16 @@ class Pool(AsyncpgPoolMethods):
             return
         if (
             now >= slot.expires_at  # also after expire() and close(): _expire_all()
-            or (self._limit_uses and (
-                (self._max_uses is not None and slot.uses >= self._max_uses)
-                or (self._max_queries is not None
-                    and _pg.query_count(slot.conn) >= self._max_queries)
-            ))
+            or (
+                self._limit_uses
+                and (
+                    (self._max_uses is not None and slot.uses >= self._max_uses)
+                    or (
+                        self._max_queries is not None
+                        and _pg.query_count(slot.conn) >= self._max_queries
+                    )
+                )
+            )
         ):
             c.returns_not_skipped += 1
             self._retire(slot, "lifetime, uses or expire()")
@@ -1140,8 +1174,12 @@ class Pool(AsyncpgPoolMethods):
             self._discard(slot, lost=False)
             raise
         except Exception as exc:
-            logger.warning("asyncpool pool %r: reset of a returned connection failed (%r); "
-                           "replacing the connection", self.name, exc)
+            logger.warning(
+                "asyncpool pool %r: reset of a returned connection failed (%r); "
+                "replacing the connection",
+                self.name,
+                exc,
+            )
             self._set(slot, IN_USE)
             self._discard(slot, lost=True)
             return
@@ -1175,7 +1213,8 @@ class Pool(AsyncpgPoolMethods):
         logger.warning(
             "asyncpool pool %r: a connection was garbage-collected without being released; "
             "its slot is recovered (use `async with pool.acquire()`).%s",
-            self.name, f"\nIt was acquired at:\n{slot.stack}" if slot.stack else "",
+            self.name,
+            f"\nIt was acquired at:\n{slot.stack}" if slot.stack else "",
         )
         self._discard(slot, lost=False, reason="garbage-collected")
 
@@ -1282,7 +1321,9 @@ class Pool(AsyncpgPoolMethods):
         if now - self._lost_logged_at >= 5.0:
             logger.warning(
                 "asyncpool pool %r: lost %d connection(s) (closed by the server or broken); "
-                "replacing them", self.name, self._lost_in_burst,
+                "replacing them",
+                self.name,
+                self._lost_in_burst,
             )
             self._lost_logged_at = now
             self._lost_in_burst = 0
@@ -1321,8 +1362,9 @@ class Pool(AsyncpgPoolMethods):
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("asyncpool pool %r: background task failed", self.name,
-                         exc_info=task.exception())
+            logger.error(
+                "asyncpool pool %r: background task failed", self.name, exc_info=task.exception()
+            )
 
     # ------------------------------------------------------------- growth
 
@@ -1339,8 +1381,7 @@ class Pool(AsyncpgPoolMethods):
         target = max(cfg.min_size, 1 if self._down else 0)
         # Connections being reset (or checked) come back in about a round trip, sooner
         # than a new connect: count them as on their way to the waiters.
-        wanted = max(self._n_waiting - connecting - n[RETURNING] - n[CHECKING],
-                     target - active)
+        wanted = max(self._n_waiting - connecting - n[RETURNING] - n[CHECKING], target - active)
         room = min(cfg.max_size - active, cfg.connect_concurrency - connecting)
         count = min(wanted, room)
         if count <= 0:
@@ -1427,21 +1468,27 @@ class Pool(AsyncpgPoolMethods):
         what = "init hook failed on a new connection" if init_failed else "connect failed"
         if self._open_count() == 0 and not init_failed:
             if not self._down:
-                logger.error("asyncpool pool %r: %s and no connection is open: %r; "
-                             "the database is treated as down, retrying with backoff",
-                             self.name, what, exc)
+                logger.error(
+                    "asyncpool pool %r: %s and no connection is open: %r; "
+                    "the database is treated as down, retrying with backoff",
+                    self.name,
+                    what,
+                    exc,
+                )
             self._down = True
             if self._state == _OPEN:
                 self._counters.unavailable_total += self._n_waiting
                 error = DatabaseUnavailable(
                     f"asyncpool pool {self.name!r}: the database is unreachable: {exc!r}; "
-                    "retrying in the background", exc,
+                    "retrying in the background",
+                    exc,
                 )
                 error.__cause__ = exc
                 self._fail_waiters(error)
         else:
-            logger.warning("asyncpool pool %r: %s: %r (next attempt in %.2fs)",
-                           self.name, what, exc, delay)
+            logger.warning(
+                "asyncpool pool %r: %s: %r (next attempt in %.2fs)", self.name, what, exc, delay
+            )
         self._grow()
 
     # ------------------------------------------------------------ upkeep
@@ -1460,10 +1507,14 @@ class Pool(AsyncpgPoolMethods):
                 self._idle.remove(slot)
                 self._set(slot, IN_USE)
                 self._discard(slot, lost=True)
-            elif now >= slot.expires_at or slot.generation != self._generation or (
-                cfg.max_idle is not None
-                and now - slot.last_used >= cfg.max_idle
-                and self._active > cfg.min_size
+            elif (
+                now >= slot.expires_at
+                or slot.generation != self._generation
+                or (
+                    cfg.max_idle is not None
+                    and now - slot.last_used >= cfg.max_idle
+                    and self._active > cfg.min_size
+                )
             ):
                 self._retire(slot, "max_lifetime or max_idle")
             elif (
@@ -1475,8 +1526,12 @@ class Pool(AsyncpgPoolMethods):
                 self._spawn(self._keepalive(slot), "asyncpool-keepalive")
         if cfg.leak_timeout is not None:
             for slot in self._slots:
-                if (slot.state is IN_USE and not slot.leak_reported and slot.stack is not None
-                        and now - slot.acquired_at >= cfg.leak_timeout):
+                if (
+                    slot.state is IN_USE
+                    and not slot.leak_reported
+                    and slot.stack is not None
+                    and now - slot.acquired_at >= cfg.leak_timeout
+                ):
                     slot.leak_reported = True
                     self._counters.leaks_total += 1
                     if self._hooks:
@@ -1484,7 +1539,10 @@ class Pool(AsyncpgPoolMethods):
                     logger.warning(
                         "asyncpool pool %r: a connection has been held for %.1fs "
                         "(leak_timeout=%ss); it was acquired at:\n%s",
-                        self.name, now - slot.acquired_at, cfg.leak_timeout, slot.stack,
+                        self.name,
+                        now - slot.acquired_at,
+                        cfg.leak_timeout,
+                        slot.stack,
                     )
         self._grow()
 
@@ -1499,8 +1557,9 @@ class Pool(AsyncpgPoolMethods):
             raise
         except Exception as exc:
             self._counters.pings_failed_total += 1
-            logger.info("asyncpool pool %r: keepalive failed, replacing connection: %r",
-                        self.name, exc)
+            logger.info(
+                "asyncpool pool %r: keepalive failed, replacing connection: %r", self.name, exc
+            )
             self._set(slot, IN_USE)
             self._discard(slot, lost=True)
             return
@@ -1524,7 +1583,7 @@ class Pool(AsyncpgPoolMethods):
         )
         self._apply_config()
         excess = self._active - self._config.max_size
-        for slot in list(self._idle)[:max(excess, 0)]:
+        for slot in list(self._idle)[: max(excess, 0)]:
             self._retire(slot, "resize")
         if self._active > self._max_size:
             self._over_max = True  # busy ones close as they come back (_hand_over)
@@ -1594,7 +1653,8 @@ class _AcquireContext:
             raise pool._refuse()
         tid_loop = pool._tid_loop  # the cheap test of Pool._check_loop's docstring
         if (
-            tid_loop._thread_id != get_ident() if tid_loop is not None
+            tid_loop._thread_id != get_ident()
+            if tid_loop is not None
             else pool._owner_tid != get_ident() or not pool._loop.is_running()  # type: ignore[union-attr]
         ):
             pool._check_loop()
@@ -1628,8 +1688,10 @@ class _AcquireContext:
         else:  # nothing idle, or others wait first: queue
             timeout = self._timeout
             if (
-                timeout is None and pool._active >= pool._max_size
-                and not pool._down and pool._max_waiting is None
+                timeout is None
+                and pool._active >= pool._max_size
+                and not pool._down
+                and pool._max_waiting is None
             ):  # Pool._enqueue, inlined for the usual wait (see there)
                 clock = pool._clock
                 started = clock()

@@ -10,7 +10,18 @@ __all__ = ("HISTOGRAM_BOUNDS", "PoolStats", "TimeSummary")
 #: Upper bounds (seconds) of the histogram buckets kept for wait, use and connect times.
 #: The last bucket (index ``len(HISTOGRAM_BOUNDS)``) counts everything above the last bound.
 HISTOGRAM_BOUNDS: tuple[float, ...] = (
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
 )
 
 

@@ -143,8 +143,11 @@ class RoleWatcher:
             self.mismatches_total += 1
             logger.warning(
                 "asyncpool pool %r: its server is now a %s, expected a %s; %s",
-                self._pool.name, role, self._expect,
-                "expiring its connections" if self._on_mismatch == self._pool.expire
+                self._pool.name,
+                role,
+                self._expect,
+                "expiring its connections"
+                if self._on_mismatch == self._pool.expire
                 else "reacting",
             )
             self._on_mismatch()
@@ -161,8 +164,10 @@ class RoleWatcher:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return (f"<RoleWatcher {self._pool.name!r} expect={self._expect} last={self.last_role} "
-                f"mismatches={self.mismatches_total} {state}>")
+        return (
+            f"<RoleWatcher {self._pool.name!r} expect={self._expect} last={self.last_role} "
+            f"mismatches={self.mismatches_total} {state}>"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +230,7 @@ class RoutingPool:
             **pool_kwargs: settings for every pool (see :func:`asyncpool.create_pool`).
         """
         if replica_retry_interval < 0:
-            raise ValueError(f"replica_retry_interval must be >= 0, "
-                             f"got {replica_retry_interval!r}")
+            raise ValueError(f"replica_retry_interval must be >= 0, got {replica_retry_interval!r}")
         self._name = name
         self._pool_kwargs = pool_kwargs
         self._replica_kwargs = {**pool_kwargs, **(replica_kwargs or {})}
@@ -311,8 +315,12 @@ class RoutingPool:
             await pool.open()
             return
         except Exception as exc:  # asyncpg's connect errors, OSError, timeouts
-            logger.warning("asyncpool pool %r: replica unreachable at open (%r); reads go to "
-                           "the primary until it is back", pool.name, exc)
+            logger.warning(
+                "asyncpool pool %r: replica unreachable at open (%r); reads go to "
+                "the primary until it is back",
+                pool.name,
+                exc,
+            )
         self._mark_failed(index)
         # The failed pool is closed; replace it with one that opens without connecting
         # and then keeps min_size connections coming in the background.
@@ -326,18 +334,24 @@ class RoutingPool:
     def _start_watchers(self, interval: float) -> None:
         self._watchers.append(RoleWatcher(self.primary, expect="primary", interval=interval))
         for i, pool in enumerate(self._replicas):
-            self._watchers.append(RoleWatcher(
-                pool, expect="standby", interval=interval,
-                on_mismatch=functools.partial(self._set_wrong_role, i, True),
-                on_match=functools.partial(self._set_wrong_role, i, False),
-            ))
+            self._watchers.append(
+                RoleWatcher(
+                    pool,
+                    expect="standby",
+                    interval=interval,
+                    on_mismatch=functools.partial(self._set_wrong_role, i, True),
+                    on_match=functools.partial(self._set_wrong_role, i, False),
+                )
+            )
         for watcher in self._watchers:
             watcher.start()
 
     def _set_wrong_role(self, index: int, wrong: bool) -> None:
         if wrong and not self._wrong_role[index]:
-            logger.warning("asyncpool pool %r: replica is no longer a standby; reads skip it",
-                           self._replicas[index].name)
+            logger.warning(
+                "asyncpool pool %r: replica is no longer a standby; reads skip it",
+                self._replicas[index].name,
+            )
         self._wrong_role[index] = wrong
 
     async def close(self, timeout: float | None = None) -> None:
@@ -414,7 +428,8 @@ class RoutingPool:
         if not self._fallback:
             raise DatabaseUnavailable(
                 f"RoutingPool {self._name!r}: no replica is up for a read and "
-                "fallback_to_primary=False", last_error,
+                "fallback_to_primary=False",
+                last_error,
             ) from last_error
         self._reads_primary += 1
         conn = await self.primary.acquire(timeout=max(deadline - loop.time(), 0.0))
@@ -424,8 +439,11 @@ class RoutingPool:
         self._replica_failures += 1
         loop = self._loop or asyncio.get_running_loop()
         if loop.time() >= self._skip_until[index]:
-            logger.warning("asyncpool pool %r: replica is down; reads go elsewhere for %.1fs",
-                           self._replicas[index].name, self._retry_interval)
+            logger.warning(
+                "asyncpool pool %r: replica is down; reads go elsewhere for %.1fs",
+                self._replicas[index].name,
+                self._retry_interval,
+            )
         self._skip_until[index] = loop.time() + self._retry_interval
 
     async def _acquire_tracked(self, readonly: bool, timeout: float | None) -> PooledConnection:

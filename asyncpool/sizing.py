@@ -133,8 +133,10 @@ class Recommendation:
                 f"spindles) = {total} for the server, // {self.instances} = {self.cpu_limit}"
             )
         else:
-            lines.append("  server throughput: unknown (pass --cores; the server's core "
-                         "count cannot be read through SQL)")
+            lines.append(
+                "  server throughput: unknown (pass --cores; the server's core "
+                "count cannot be read through SQL)"
+            )
         lines += ["", f"Recommended max_size per instance: {self.max_size}"]
         lines += [f"  - {note}" for note in self.notes]
         return "\n".join(lines)
@@ -159,8 +161,10 @@ def recommend(
     if cores is not None:
         cpu = max(server_pool_size(cores, effective_spindles) // instances, 1)
     else:
-        notes.append("the server's core count is unknown (SQL cannot read it): pass --cores "
-                     "for the throughput limit; the budget limit alone is an upper bound")
+        notes.append(
+            "the server's core count is unknown (SQL cannot read it): pass --cores "
+            "for the throughput limit; the budget limit alone is an upper bound"
+        )
     size = budget if cpu is None else min(budget, cpu)
     if budget < 1:
         notes.append(
@@ -174,13 +178,19 @@ def recommend(
             "(acquire_timeout) or use PgBouncer in transaction mode"
         )
     elif cpu is not None and budget < cpu:
-        notes.append("max_connections limits this fleet below what the server's cores could "
-                     "serve; consider raising max_connections or using PgBouncer")
+        notes.append(
+            "max_connections limits this fleet below what the server's cores could "
+            "serve; consider raising max_connections or using PgBouncer"
+        )
     if instances > 1:
-        notes.append("count instances at their peak (e.g. a rolling deploy with surge runs old "
-                     "and new instances at once)")
-    notes.append(f"asyncpool checks this budget when a pool opens: pass instances={instances} "
-                 "(budget_check='warn' by default, 'refuse' to fail instead)")
+        notes.append(
+            "count instances at their peak (e.g. a rolling deploy with surge runs old "
+            "and new instances at once)"
+        )
+    notes.append(
+        f"asyncpool checks this budget when a pool opens: pass instances={instances} "
+        "(budget_check='warn' by default, 'refuse' to fail instead)"
+    )
     return Recommendation(
         max_size=max(size, 0),
         instances=instances,
@@ -215,23 +225,45 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m asyncpool size",
         description="Recommend a pool max_size per instance from the server's connection "
-                    "limits and the rule connections = cores * 2 + effective spindles.",
+        "limits and the rule connections = cores * 2 + effective spindles.",
     )
-    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL"),
-                        help="server DSN (default: $DATABASE_URL, else the PG* variables)")
-    parser.add_argument("--instances", type=_positive, default=1,
-                        help="application processes with a pool each, at peak (default 1)")
-    parser.add_argument("--cores", type=_positive, default=None,
-                        help="the database server's CPU cores (not readable through SQL)")
-    parser.add_argument("--spindles", type=_non_negative, default=0,
-                        help="effective spindles: 0 if the working set fits in RAM "
-                             "(default 0)")
-    parser.add_argument("--headroom", type=_non_negative, default=None,
-                        help="slots to keep free for admin/migrations/monitoring "
-                             "(default 10%% of capacity, at least 3)")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("DATABASE_URL"),
+        help="server DSN (default: $DATABASE_URL, else the PG* variables)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=_positive,
+        default=1,
+        help="application processes with a pool each, at peak (default 1)",
+    )
+    parser.add_argument(
+        "--cores",
+        type=_positive,
+        default=None,
+        help="the database server's CPU cores (not readable through SQL)",
+    )
+    parser.add_argument(
+        "--spindles",
+        type=_non_negative,
+        default=0,
+        help="effective spindles: 0 if the working set fits in RAM (default 0)",
+    )
+    parser.add_argument(
+        "--headroom",
+        type=_non_negative,
+        default=None,
+        help="slots to keep free for admin/migrations/monitoring "
+        "(default 10%% of capacity, at least 3)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--connect-timeout", type=float, default=10.0,
-                        help="seconds to wait for the connection (default 10)")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the connection (default 10)",
+    )
     return parser
 
 
@@ -255,8 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # report any connect/query failure as a CLI error
         print(f"asyncpool size: cannot read the server's settings: {exc!r}", file=sys.stderr)
         return 1
-    rec = recommend(facts, instances=args.instances, cores=args.cores,
-                    effective_spindles=args.spindles, headroom=args.headroom)
+    rec = recommend(
+        facts,
+        instances=args.instances,
+        cores=args.cores,
+        effective_spindles=args.spindles,
+        headroom=args.headroom,
+    )
     if args.json:
         print(json.dumps(rec.as_dict(), indent=2))
     else:

@@ -55,7 +55,8 @@ def _csv(kind: type, choices: Any = None) -> Any:
             bad = [v for v in values if v not in choices]
             if bad:
                 raise argparse.ArgumentTypeError(
-                    f"unknown {', '.join(map(str, bad))}; choose from {', '.join(choices)}")
+                    f"unknown {', '.join(map(str, bad))}; choose from {', '.join(choices)}"
+                )
         return values
 
     return parse
@@ -65,47 +66,98 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmark asyncpool against asyncpg's pool, psycopg_pool, SQLAlchemy "
-                    "and no-pool baselines.")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke mode (< 60 s): acquire and select1 at 1 and 100 borrowers on "
-                        "the asyncio loop, short cells, short machinery; filters still apply")
-    p.add_argument("--duration", type=float, default=None,
-                   help="measurement window per cell, seconds (default 0.5; quick 0.1)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="minimum warm-up per cell, seconds (default 0.2; quick 0.05)")
-    p.add_argument("--warmup-cap", type=float, default=None,
-                   help="maximum warm-up per cell, seconds (default 1.5; quick 1)")
-    p.add_argument("--drain-timeout", type=float, default=1.0,
-                   help="seconds to let borrowers finish their operation after the window "
-                        "before cancelling them (default 1)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run the grid this many times, interleaved; keep each cell's median")
-    p.add_argument("--target-repeat", type=int, default=None,
-                   help="run the cells the targets compare at least this many times "
-                        "(default 9; quick 1)")
+        "and no-pool baselines.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke mode (< 60 s): acquire and select1 at 1 and 100 borrowers on "
+        "the asyncio loop, short cells, short machinery; filters still apply",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="measurement window per cell, seconds (default 0.5; quick 0.1)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="minimum warm-up per cell, seconds (default 0.2; quick 0.05)",
+    )
+    p.add_argument(
+        "--warmup-cap",
+        type=float,
+        default=None,
+        help="maximum warm-up per cell, seconds (default 1.5; quick 1)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=1.0,
+        help="seconds to let borrowers finish their operation after the window "
+        "before cancelling them (default 1)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the grid this many times, interleaved; keep each cell's median",
+    )
+    p.add_argument(
+        "--target-repeat",
+        type=int,
+        default=None,
+        help="run the cells the targets compare at least this many times (default 9; quick 1)",
+    )
     p.add_argument("--size", type=int, default=10, help="pool size N (default 10)")
-    p.add_argument("--systems", type=_csv(str, list(SYSTEMS)), default=None,
-                   help="comma-separated subset of: " + ", ".join(SYSTEMS))
-    p.add_argument("--workloads", type=_csv(str, list(WORKLOADS)), default=None,
-                   help="comma-separated subset of: " + ", ".join(WORKLOADS))
-    p.add_argument("--concurrency", type=_csv(int), default=None,
-                   help="comma-separated borrower counts (default 1,10,100,1000,10000)")
-    p.add_argument("--loops", type=_csv(str, list(LOOPS)), default=None,
-                   help="comma-separated event loops: asyncio, uvloop (default both)")
-    p.add_argument("--dsn", default=os.environ.get("ASYNCPOOL_BENCH_DSN"),
-                   help="use this server instead of starting one (needs max_connections "
-                        ">= 120 for the per-request baseline)")
+    p.add_argument(
+        "--systems",
+        type=_csv(str, list(SYSTEMS)),
+        default=None,
+        help="comma-separated subset of: " + ", ".join(SYSTEMS),
+    )
+    p.add_argument(
+        "--workloads",
+        type=_csv(str, list(WORKLOADS)),
+        default=None,
+        help="comma-separated subset of: " + ", ".join(WORKLOADS),
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_csv(int),
+        default=None,
+        help="comma-separated borrower counts (default 1,10,100,1000,10000)",
+    )
+    p.add_argument(
+        "--loops",
+        type=_csv(str, list(LOOPS)),
+        default=None,
+        help="comma-separated event loops: asyncio, uvloop (default both)",
+    )
+    p.add_argument(
+        "--dsn",
+        default=os.environ.get("ASYNCPOOL_BENCH_DSN"),
+        help="use this server instead of starting one (needs max_connections "
+        ">= 120 for the per-request baseline)",
+    )
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--name", default=None,
-                   help="basename of the result files (default: 'latest' for a full run, "
-                        "'quick' with --quick, 'partial' with filters)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="basename of the result files (default: 'latest' for a full run, "
+        "'quick' with --quick, 'partial' with filters)",
+    )
     p.add_argument("--no-machinery", action="store_true", help="skip the machinery benchmark")
     p.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--profile", action="store_true",
-                   help="also profile asyncpool's hot path (results/profile/)")
-    p.add_argument("--profile-only", action="store_true",
-                   help="only profile asyncpool's hot path")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile asyncpool's hot path (results/profile/)",
+    )
+    p.add_argument("--profile-only", action="store_true", help="only profile asyncpool's hot path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=1, help="random seed (transaction ids)")
     return p.parse_args(argv)
@@ -135,8 +187,15 @@ async def _prepare(dsn: str) -> str:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for dist in ("asyncpool", "asyncpg", "psycopg", "psycopg-binary", "psycopg-pool",
-                 "SQLAlchemy", "uvloop"):
+    for dist in (
+        "asyncpool",
+        "asyncpg",
+        "psycopg",
+        "psycopg-binary",
+        "psycopg-pool",
+        "SQLAlchemy",
+        "uvloop",
+    ):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -156,14 +215,27 @@ def _asyncpool_revision() -> str:
 
     root = Path(asyncpool.__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                              capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "asyncpool"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "asyncpool"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return head.stdout.strip() + (" + uncommitted changes in asyncpool/"
-                                  if dirty.stdout.strip() else "")
+    return head.stdout.strip() + (
+        " + uncommitted changes in asyncpool/" if dirty.stdout.strip() else ""
+    )
 
 
 def _loadavg() -> str:
@@ -186,9 +258,19 @@ def _median_cell(runs: list[CellResult]) -> CellResult:
         return runs[0]
     ordered = sorted(runs, key=lambda c: c.throughput)
     chosen = dataclasses.replace(ordered[(len(ordered) - 1) // 2])
-    chosen.extra = {**chosen.extra, "repeats": [
-        {"throughput": c.throughput, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms,
-         "max_ms": c.max_ms, "status": c.status} for c in runs]}
+    chosen.extra = {
+        **chosen.extra,
+        "repeats": [
+            {
+                "throughput": c.throughput,
+                "p50_ms": c.p50_ms,
+                "p99_ms": c.p99_ms,
+                "max_ms": c.max_ms,
+                "status": c.status,
+            }
+            for c in runs
+        ],
+    }
     ok = [c for c in runs if c.status == "ok"] or runs
     chosen.p50_ms = _median([c.p50_ms for c in ok])
     chosen.p99_ms = _median([c.p99_ms for c in ok])
@@ -263,8 +345,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if "uvloop" in loops and importlib.util.find_spec("uvloop") is None:
         loops = [lp for lp in loops if lp != "uvloop"]
         skipped["uvloop"] = "uvloop is not installed"
-    filtered = any(v is not None for v in (args.systems, args.workloads, args.concurrency,
-                                           args.loops))
+    filtered = any(
+        v is not None for v in (args.systems, args.workloads, args.concurrency, args.loops)
+    )
     return Plan(
         systems=[s for s in (args.systems or list(SYSTEMS)) if not usable[s]],
         workloads=args.workloads or list(QUICK_WORKLOADS if quick else WORKLOADS),
@@ -275,8 +358,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup=args.warmup if args.warmup is not None else (0.05 if quick else 0.2),
         warmup_cap=args.warmup_cap if args.warmup_cap is not None else (1.0 if quick else 1.5),
         repeat=args.repeat,
-        target_repeat=(args.target_repeat if args.target_repeat is not None
-                       else 1 if quick else 9),
+        target_repeat=(args.target_repeat if args.target_repeat is not None else 1 if quick else 9),
         name=args.name or ("quick" if quick else "partial" if filtered else "latest"),
     )
 
@@ -285,34 +367,52 @@ def _memory_concurrency(plan: Plan) -> list[int]:
     return [c for c in plan.concurrency if c in MEMORY_CONCURRENCY] or plan.concurrency
 
 
-def _run_memory(plan: Plan, args: argparse.Namespace, dsn: str,
-                progress: _Progress) -> list[dict[str, Any]]:
+def _run_memory(
+    plan: Plan, args: argparse.Namespace, dsn: str, progress: _Progress
+) -> list[dict[str, Any]]:
     memory: list[dict[str, Any]] = []
     for conc in _memory_concurrency(plan):
         for system in plan.systems:
-            spec = CellSpec(system, "select1", conc, "asyncio", size=args.size,
-                            duration=min(plan.duration, 0.2), warmup=0.0,
-                            warmup_cap=min(plan.warmup_cap, 1.0),
-                            drain_timeout=args.drain_timeout)
+            spec = CellSpec(
+                system,
+                "select1",
+                conc,
+                "asyncio",
+                size=args.size,
+                duration=min(plan.duration, 0.2),
+                warmup=0.0,
+                warmup_cap=min(plan.warmup_cap, 1.0),
+                drain_timeout=args.drain_timeout,
+            )
             progress.step(f"memory select1@{conc} {system}")
             settle(dsn)
             cell, peak = memory_cell(spec, dsn)
-            memory.append({"system": system, "concurrency": conc, "workload": "select1",
-                           "loop": "asyncio", "status": cell.status,
-                           "peak_traced_kib": peak // 1024 if cell.status == "ok" else None})
+            memory.append(
+                {
+                    "system": system,
+                    "concurrency": conc,
+                    "workload": "select1",
+                    "loop": "asyncio",
+                    "status": cell.status,
+                    "peak_traced_kib": peak // 1024 if cell.status == "ok" else None,
+                }
+            )
     pinned = {m["concurrency"]: m["peak_traced_kib"] for m in memory if m["system"] == "pinned"}
     for m in memory:
         ref = pinned.get(m["concurrency"])
-        m["delta_vs_pinned_kib"] = (None if ref is None or m["peak_traced_kib"] is None
-                                    else m["peak_traced_kib"] - ref)
+        m["delta_vs_pinned_kib"] = (
+            None if ref is None or m["peak_traced_kib"] is None else m["peak_traced_kib"] - ref
+        )
     return memory
 
 
-def _meta(args: argparse.Namespace, plan: Plan, started: float, server_note: str,
-          server_version: str) -> dict[str, Any]:
+def _meta(
+    args: argparse.Namespace, plan: Plan, started: float, server_note: str, server_version: str
+) -> dict[str, Any]:
     return {
         "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
-            timespec="seconds"),
+            timespec="seconds"
+        ),
         "elapsed_s": time.time() - started,
         "command": "python -m benchmarks " + shlex.join(getattr(args, "argv", [])),
         "python": platform.python_version(),
@@ -361,10 +461,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"profiles written; summary: {path}")
             return {}
         grid = plan.grid(args.seed)
-        n_machinery = 0 if args.no_machinery else len(plan.loops) * sum(
-            1 for _, base, _ in MACHINERY_SYSTEMS.values() if base in plan.systems)
-        total = (sum(len(order) for *_, order in grid) + n_machinery
-                 + (0 if args.no_memory else len(plan.systems) * len(_memory_concurrency(plan))))
+        n_machinery = (
+            0
+            if args.no_machinery
+            else len(plan.loops)
+            * sum(1 for _, base, _ in MACHINERY_SYSTEMS.values() if base in plan.systems)
+        )
+        total = (
+            sum(len(order) for *_, order in grid)
+            + n_machinery
+            + (0 if args.no_memory else len(plan.systems) * len(_memory_concurrency(plan)))
+        )
         progress = _Progress(total, not args.no_progress)
         runs: dict[CellKey, list[CellResult]] = {}
         memory: list[dict[str, Any]] = []
@@ -372,21 +479,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for rep, loop, workload, conc, order in grid:
                 for system in order:
-                    spec = CellSpec(system, workload, conc, loop, size=args.size,
-                                    duration=plan.duration, warmup=plan.warmup,
-                                    warmup_cap=plan.warmup_cap,
-                                    drain_timeout=args.drain_timeout)
+                    spec = CellSpec(
+                        system,
+                        workload,
+                        conc,
+                        loop,
+                        size=args.size,
+                        duration=plan.duration,
+                        warmup=plan.warmup,
+                        warmup_cap=plan.warmup_cap,
+                        drain_timeout=args.drain_timeout,
+                    )
                     progress.step(f"rep {rep + 1} {loop} {workload}@{conc} {system}")
                     settle(dsn)
-                    runs.setdefault((loop, workload, system, conc), []).append(
-                        run_cell(spec, dsn))
+                    runs.setdefault((loop, workload, system, conc), []).append(run_cell(spec, dsn))
             if not args.no_memory:
                 memory = _run_memory(plan, args, dsn, progress)
             if not args.no_machinery:
                 machinery = run_machinery(
-                    dsn, plan.loops, batch_seconds=0.05 if args.quick else 0.2,
-                    repeats=2 if args.quick else 5, systems=plan.systems,
-                    progress=lambda s: progress.step(f"machinery {s}"))
+                    dsn,
+                    plan.loops,
+                    batch_seconds=0.05 if args.quick else 0.2,
+                    repeats=2 if args.quick else 5,
+                    systems=plan.systems,
+                    progress=lambda s: progress.step(f"machinery {s}"),
+                )
         finally:
             progress.close()
         if args.profile:
@@ -396,8 +513,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     cells = {key: _median_cell(r) for key, r in runs.items()}
     targets = evaluate_targets(cells, plan.loops, machinery)
-    doc = build_json(_meta(args, plan, started, server_note, server_version), cells, memory,
-                     machinery, targets)
+    doc = build_json(
+        _meta(args, plan, started, server_note, server_version), cells, memory, machinery, targets
+    )
     name = plan.name
     write_json(out_dir / f"{name}.json", doc)
     write_markdown(out_dir / f"{name}.md", doc, cells)

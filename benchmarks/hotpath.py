@@ -66,14 +66,16 @@ async def _machinery_loop(seconds: float) -> int:
         return n
 
 
-def _runner(system: str, workload: str | None, concurrency: int, dsn: str, seconds: float
-            ) -> Callable[[], int]:
+def _runner(
+    system: str, workload: str | None, concurrency: int, dsn: str, seconds: float
+) -> Callable[[], int]:
     """A callable that runs the case and returns (about) how many operations it ran."""
     if workload is None:
         return lambda: run_on_loop("asyncio", _machinery_loop(seconds))
     # No warm-up, so (nearly) every operation falls in the window and is counted.
-    spec = CellSpec(system, workload, concurrency, "asyncio", duration=seconds, warmup=0.0,
-                    warmup_cap=0.0)
+    spec = CellSpec(
+        system, workload, concurrency, "asyncio", duration=seconds, warmup=0.0, warmup_cap=0.0
+    )
     return lambda: run_cell(spec, dsn).ops
 
 
@@ -95,34 +97,46 @@ def _summarise(stats: pstats.Stats, case: str, ops: int, top: int = 12) -> list[
             ours.append((tt, ct, nc, f"{short}:{line} {func}"))
     ours.sort(reverse=True)
     calls = sum(v[1] for v in raw.values())
-    out = [f"### {case}", "",
-           f"About {ops:,} operations; per operation: {calls / max(ops, 1):.0f} function "
-           f"calls, {total / max(ops, 1) * 1e6:.1f} µs busy in this process (profiler "
-           f"overhead included), {idle / max(ops, 1) * 1e6:.1f} µs blocked in epoll.", "",
-           "Share of busy time (own time) by package: " + ", ".join(
-               f"{pkg} {tt / total:.1%}" for pkg, tt in
-               sorted(by_package.items(), key=lambda kv: -kv[1])), "",
-           "| asyncpool function | own time, % of busy | cumulative % | calls | own µs/call |",
-           "|---|---|---|---|---|"]
+    out = [
+        f"### {case}",
+        "",
+        f"About {ops:,} operations; per operation: {calls / max(ops, 1):.0f} function "
+        f"calls, {total / max(ops, 1) * 1e6:.1f} µs busy in this process (profiler "
+        f"overhead included), {idle / max(ops, 1) * 1e6:.1f} µs blocked in epoll.",
+        "",
+        "Share of busy time (own time) by package: "
+        + ", ".join(
+            f"{pkg} {tt / total:.1%}"
+            for pkg, tt in sorted(by_package.items(), key=lambda kv: -kv[1])
+        ),
+        "",
+        "| asyncpool function | own time, % of busy | cumulative % | calls | own µs/call |",
+        "|---|---|---|---|---|",
+    ]
     if not ours:
         return [*out[:-2], ""]
     for tt, ct, nc, name in ours[:top]:
-        out.append(f"| `{name}` | {tt / total:.1%} | {ct / total:.1%} | {nc:,} | "
-                   f"{tt / max(nc, 1) * 1e6:.2f} |")
+        out.append(
+            f"| `{name}` | {tt / total:.1%} | {ct / total:.1%} | {nc:,} | "
+            f"{tt / max(nc, 1) * 1e6:.2f} |"
+        )
     return [*out, ""]
 
 
-def profile_hotpath(dsn: str, out_dir: Path, *, seconds: float = 1.0,
-                    progress: Callable[[str], None] | None = None) -> Path:
+def profile_hotpath(
+    dsn: str, out_dir: Path, *, seconds: float = 1.0, progress: Callable[[str], None] | None = None
+) -> Path:
     """Profile every case; write the reports and ``summary.md``; return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = [
-        "# asyncpool hot-path profiles", "",
+        "# asyncpool hot-path profiles",
+        "",
         "cProfile own time (`tottime`) per function, as a share of the process's busy time "
         "in the case (all profiled time except the event loop blocked in epoll; the loop, "
         "asyncpg and the benchmark harness included). cProfile "
         "adds a fixed cost to every call, so small, frequently called functions look "
-        "bigger than they are; the pyinstrument files give sampled wall time.", "",
+        "bigger than they are; the pyinstrument files give sampled wall time.",
+        "",
     ]
     for case, system, workload, concurrency in CASES:
         run = _runner(system, workload, concurrency, dsn, seconds)
@@ -152,7 +166,8 @@ def profile_hotpath(dsn: str, out_dir: Path, *, seconds: float = 1.0,
             finally:
                 sampler.stop()
             (out_dir / f"pyinstrument-{case}.txt").write_text(
-                sampler.output_text(unicode=False, color=False, show_all=False))
+                sampler.output_text(unicode=False, color=False, show_all=False)
+            )
         if progress is not None:
             progress(case)
     path = out_dir / "summary.md"

@@ -53,13 +53,17 @@ async def _scenario(system: str, scenario: str, ops: int, dsn: str | None) -> No
 
     borrowers, size, real = SCENARIOS[scenario]
     if system == "pinned":
-        conns = ([await asyncpg.connect(dsn) for _ in range(size)] if real
-                 else [FakeConnection() for _ in range(size)])
+        conns = (
+            [await asyncpg.connect(dsn) for _ in range(size)]
+            if real
+            else [FakeConnection() for _ in range(size)]
+        )
         acquire = PinnedPool(conns).acquire
     else:
         kwargs = {} if real else {"connect": fake_connect}
-        pool = await asyncpool.create_pool(dsn if real else None, min_size=size,
-                                           max_size=size, **kwargs)
+        pool = await asyncpool.create_pool(
+            dsn if real else None, min_size=size, max_size=size, **kwargs
+        )
         acquire = pool.acquire
 
     async def borrower() -> None:
@@ -84,16 +88,37 @@ def _child(argv: list[str]) -> None:
         asyncio.run(coro)
 
 
-def _instructions(path: Path, system: str, scenario: str, ops: int, loop: str,
-                  dsn: str) -> int:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(path), str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
-    ))
+def _instructions(path: Path, system: str, scenario: str, ops: int, loop: str, dsn: str) -> int:
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [
+                str(path),
+                str(Path(__file__).resolve().parent.parent),
+                os.environ.get("PYTHONPATH", ""),
+            ]
+        ),
+    )
     result = subprocess.run(
-        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         sys.executable, "-m", "benchmarks.icount", "--child", system, scenario, str(ops),
-         loop, dsn],
-        capture_output=True, text=True, env=env, check=False,
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "benchmarks.icount",
+            "--child",
+            system,
+            scenario,
+            str(ops),
+            loop,
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
         cwd=path,  # ``-m`` puts the working directory first on sys.path
     )
     match = _REFS.search(result.stderr)
@@ -102,8 +127,15 @@ def _instructions(path: Path, system: str, scenario: str, ops: int, loop: str,
     return int(match.group(1).replace(",", ""))
 
 
-def count_per_op(system: str, scenario: str, *, loop: str = "asyncio", dsn: str = "",
-                 path: Path | None = None, ops: int = 2000) -> int:
+def count_per_op(
+    system: str,
+    scenario: str,
+    *,
+    loop: str = "asyncio",
+    dsn: str = "",
+    path: Path | None = None,
+    ops: int = 2000,
+) -> int:
     """Instructions per operation: the difference of a run of ``3 * ops`` operations
     and one of ``ops``, divided by ``2 * ops``."""
     where = path or Path(__file__).resolve().parent.parent
@@ -117,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child(argv[1:])
         return 0
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.icount", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.icount",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--dsn", default="", help="server for the real scenarios")
@@ -137,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         args.dsn = server.dsn
     try:
         for scenario in scenarios:
-            ours = count_per_op("asyncpool", scenario, loop=args.loop, dsn=args.dsn,
-                                path=args.path, ops=args.ops)
+            ours = count_per_op(
+                "asyncpool", scenario, loop=args.loop, dsn=args.dsn, path=args.path, ops=args.ops
+            )
             ref = count_per_op("pinned", scenario, loop=args.loop, dsn=args.dsn, ops=args.ops)
-            print(f"{scenario:13} {args.loop:8} asyncpool {ours:7,d}  pinned {ref:7,d}  "
-                  f"+{ours - ref:,d} instructions/op ({ref / ours:.2f}x pinned)", flush=True)
+            print(
+                f"{scenario:13} {args.loop:8} asyncpool {ours:7,d}  pinned {ref:7,d}  "
+                f"+{ours - ref:,d} instructions/op ({ref / ours:.2f}x pinned)",
+                flush=True,
+            )
     finally:
         if server is not None:
             server.close()

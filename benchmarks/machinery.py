@@ -94,8 +94,9 @@ class MachineryResult:
         return dataclasses.asdict(self)
 
 
-async def _time_cycles(acquire: Callable[[], Any], batch_seconds: float,
-                       repeats: int) -> tuple[float, float, int]:
+async def _time_cycles(
+    acquire: Callable[[], Any], batch_seconds: float, repeats: int
+) -> tuple[float, float, int]:
     clock = time.perf_counter
     # Calibrate the batch size so one batch lasts about batch_seconds.
     n = 100
@@ -119,14 +120,16 @@ async def _time_cycles(acquire: Callable[[], Any], batch_seconds: float,
     return min(samples), statistics.median(samples), n * repeats
 
 
-async def _machinery_system(name: str, dsn: str, batch_seconds: float,
-                            repeats: int) -> tuple[float, float, int]:
+async def _machinery_system(
+    name: str, dsn: str, batch_seconds: float, repeats: int
+) -> tuple[float, float, int]:
     if name in ("asyncpool (fake)", "asyncpool"):
         import asyncpool
 
         kwargs: dict[str, Any] = (
             {"connect": fake_connect, "min_size": 1, "max_size": 1}
-            if name.endswith("(fake)") else {"min_size": 1, "max_size": 1}
+            if name.endswith("(fake)")
+            else {"min_size": 1, "max_size": 1}
         )
         async with asyncpool.create_pool(None if "fake" in name else dsn, **kwargs) as pool:
             return await _time_cycles(pool.acquire, batch_seconds, repeats)
@@ -142,16 +145,22 @@ async def _machinery_system(name: str, dsn: str, batch_seconds: float,
     if name == "psycopg":
         from psycopg_pool import AsyncConnectionPool
 
-        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False,
-                                       timeout=PEER_ACQUIRE_TIMEOUT,
-                                       kwargs={"autocommit": True}) as ppool:
+        async with AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=1,
+            open=False,
+            timeout=PEER_ACQUIRE_TIMEOUT,
+            kwargs={"autocommit": True},
+        ) as ppool:
             await ppool.wait()
             return await _time_cycles(ppool.connection, batch_seconds, repeats)
     if name == "sqlalchemy":
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-                                     pool_size=1, max_overflow=0)
+        engine = create_async_engine(
+            dsn.replace("postgresql://", "postgresql+asyncpg://", 1), pool_size=1, max_overflow=0
+        )
         try:
             return await _time_cycles(engine.connect, batch_seconds, repeats)
         finally:
@@ -171,9 +180,15 @@ MACHINERY_SYSTEMS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def run_machinery(dsn: str, loops: list[str], *, batch_seconds: float = 0.2,
-                  repeats: int = 5, systems: list[str] | None = None,
-                  progress: Callable[[str], None] | None = None) -> list[MachineryResult]:
+def run_machinery(
+    dsn: str,
+    loops: list[str],
+    *,
+    batch_seconds: float = 0.2,
+    repeats: int = 5,
+    systems: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[MachineryResult]:
     """Measure every machinery system on every loop (blocking)."""
     usable = available_systems()
     results: list[MachineryResult] = []
@@ -188,7 +203,8 @@ def run_machinery(dsn: str, loops: list[str], *, batch_seconds: float = 0.2,
                 try:
                     settle(dsn)
                     best, median, cycles = run_on_loop(
-                        loop, _machinery_system(name, dsn, batch_seconds, repeats))
+                        loop, _machinery_system(name, dsn, batch_seconds, repeats)
+                    )
                     result.us_per_cycle, result.us_median, result.cycles = best, median, cycles
                 except Exception as exc:
                     result.error = f"{type(exc).__name__}: {exc}"[:500]

@@ -74,14 +74,22 @@ class Result:
 # ---------------------------------------------------------------- worker process
 
 
-async def _worker_main(dsn: str, pooler: str | None, workload: str, pool_size: int,
-                       concurrency: int, think: float, start_at: float,
-                       end_at: float) -> tuple[list[float], int]:
+async def _worker_main(
+    dsn: str,
+    pooler: str | None,
+    workload: str,
+    pool_size: int,
+    concurrency: int,
+    think: float,
+    start_at: float,
+    end_at: float,
+) -> tuple[list[float], int]:
     query, with_arg, _ = WORKLOADS[workload]
     latencies: list[float] = []
     errors = 0
-    async with asyncpool.create_pool(dsn, pooler=pooler, min_size=pool_size,
-                                     max_size=pool_size, acquire_timeout=30) as pool:
+    async with asyncpool.create_pool(
+        dsn, pooler=pooler, min_size=pool_size, max_size=pool_size, acquire_timeout=30
+    ) as pool:
         async with pool.acquire() as conn:  # warm up type info
             await (conn.fetchval(query, 1) if with_arg else conn.fetchval(query))
         await asyncio.sleep(max(start_at - time.time(), 0))
@@ -108,8 +116,9 @@ async def _worker_main(dsn: str, pooler: str | None, workload: str, pool_size: i
     return latencies, errors
 
 
-def _worker(args: tuple[str, str | None, str, int, int, float, float, float],
-            out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _worker(
+    args: tuple[str, str | None, str, int, int, float, float, float], out: mp.Queue
+) -> None:  # type: ignore[type-arg]
     out.put(asyncio.run(_worker_main(*args)))
 
 
@@ -132,9 +141,17 @@ async def _count_server_conns(dsn: str, stop_at: float) -> int:
     return best
 
 
-def run_scenario(name: str, dsn: str, pooler: str | None, direct_dsn: str, workload: str,
-                 processes: int, pool_size: int, concurrency: int,
-                 duration: float) -> Result:
+def run_scenario(
+    name: str,
+    dsn: str,
+    pooler: str | None,
+    direct_dsn: str,
+    workload: str,
+    processes: int,
+    pool_size: int,
+    concurrency: int,
+    duration: float,
+) -> Result:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     start_at = time.time() + 2.5  # time to spawn, import and open the pools
@@ -145,8 +162,10 @@ def run_scenario(name: str, dsn: str, pooler: str | None, direct_dsn: str, workl
     tasks = [concurrency if i == 0 or not skewed else 1 for i in range(processes)]
     think = [0.02 if skewed and i > 0 else 0.0 for i in range(processes)]
     procs = [
-        ctx.Process(target=_worker, args=((dsn, pooler, workload, pool_size, tasks[i],
-                                           think[i], start_at, end_at), out))
+        ctx.Process(
+            target=_worker,
+            args=((dsn, pooler, workload, pool_size, tasks[i], think[i], start_at, end_at), out),
+        )
         for i in range(processes)
     ]
     for p in procs:
@@ -174,8 +193,13 @@ def run_scenario(name: str, dsn: str, pooler: str | None, direct_dsn: str, workl
     )
 
 
-def render(results: list[Result], args: argparse.Namespace, pg_version: str,
-           bouncer_version: str, load: str) -> str:
+def render(
+    results: list[Result],
+    args: argparse.Namespace,
+    pg_version: str,
+    bouncer_version: str,
+    load: str,
+) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# PgBouncer scale-out benchmark",
@@ -216,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bouncer-pool-size", type=int, default=5)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).parent / "results" / "pgbouncer_scale.md")
+    parser.add_argument(
+        "--output", type=Path, default=Path(__file__).parent / "results" / "pgbouncer_scale.md"
+    )
     args = parser.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     for w in workloads:
@@ -244,22 +269,37 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "pgbouncer":
                     # A fresh PgBouncer per run, so that no idle server connections of
                     # an earlier run are counted in a later one.
-                    bouncer = PgBouncer(server.host, server.port, pool_mode="transaction",
-                                        default_pool_size=args.bouncer_pool_size,
-                                        max_client_conn=args.processes * pool_size + 20)
+                    bouncer = PgBouncer(
+                        server.host,
+                        server.port,
+                        pool_mode="transaction",
+                        default_pool_size=args.bouncer_pool_size,
+                        max_client_conn=args.processes * pool_size + 20,
+                    )
                     bouncer.start()
                     dsn, pooler = bouncer.dsn, "pgbouncer-transaction"
                 try:
-                    result = run_scenario(name, dsn, pooler, server.dsn, workload,
-                                          args.processes, pool_size, args.concurrency,
-                                          args.duration)
+                    result = run_scenario(
+                        name,
+                        dsn,
+                        pooler,
+                        server.dsn,
+                        workload,
+                        args.processes,
+                        pool_size,
+                        args.concurrency,
+                        args.duration,
+                    )
                 finally:
                     if bouncer is not None:
                         bouncer.close()
                 results.append(result)
-                print(f"{workload:14} {name:18} {result.rate:9,.0f} ops/s  "
-                      f"p99 {result.p99_ms:7.2f} ms  server conns {result.server_conns_max}"
-                      f"  errors {result.errors}", flush=True)
+                print(
+                    f"{workload:14} {name:18} {result.rate:9,.0f} ops/s  "
+                    f"p99 {result.p99_ms:7.2f} ms  server conns {result.server_conns_max}"
+                    f"  errors {result.errors}",
+                    flush=True,
+                )
     text = render(results, args, pg_version, bouncer_version, load)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

@@ -47,9 +47,13 @@ def add_ratios(cells: Mapping[CellKey, CellResult]) -> dict[CellKey, dict[str, A
     return out
 
 
-def build_json(meta: Mapping[str, Any], cells: Mapping[CellKey, CellResult],
-               memory: list[dict[str, Any]], machinery: list[MachineryResult],
-               targets: list[TargetResult]) -> dict[str, Any]:
+def build_json(
+    meta: Mapping[str, Any],
+    cells: Mapping[CellKey, CellResult],
+    memory: list[dict[str, Any]],
+    machinery: list[MachineryResult],
+    targets: list[TargetResult],
+) -> dict[str, Any]:
     """The whole run as one JSON-serialisable document."""
     ratios = add_ratios(cells)
     return {
@@ -107,8 +111,7 @@ def _cell_mark(cell: CellResult) -> str:
     return (" " + " ".join(marks)) if marks else ""
 
 
-def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, CellResult]
-                   ) -> None:
+def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, CellResult]) -> None:
     """Write the human-readable report."""
     meta = doc["meta"]
     systems = list(meta["systems"])
@@ -127,31 +130,46 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
         "",
         "Command: `" + meta["command"] + "`",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        "Versions: "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         + f"; asyncpool at {meta.get('asyncpool_revision', '?')}.",
         "",
     ]
     out += ["## Targets", ""]
-    out += _table(["status", "target", "loop", "measured", "threshold", "detail"], (
-        [t["status"], t["name"], t["loop"], _x(t["ratio"]), f"{t['op']} {t['threshold']:g}x",
-         t["detail"]]
-        for t in doc["targets"]
-    ))
+    out += _table(
+        ["status", "target", "loop", "measured", "threshold", "detail"],
+        (
+            [
+                t["status"],
+                t["name"],
+                t["loop"],
+                _x(t["ratio"]),
+                f"{t['op']} {t['threshold']:g}x",
+                t["detail"],
+            ]
+            for t in doc["targets"]
+        ),
+    )
     if doc["machinery"]:
         out += ["## Machinery: pool overhead per acquire+release (µs, best of batches)", ""]
         loops = sorted({m["loop"] for m in doc["machinery"]})
         names = list(dict.fromkeys(m["system"] for m in doc["machinery"]))
         by = {(m["loop"], m["system"]): m for m in doc["machinery"]}
         ours = {lp: by.get((lp, "asyncpool (fake)")) for lp in loops}
-        header = ["system", *[f"{lp} µs" for lp in loops],
-                  *[f"{lp} xasyncpool(fake)" for lp in loops], "note"]
+        header = [
+            "system",
+            *[f"{lp} µs" for lp in loops],
+            *[f"{lp} xasyncpool(fake)" for lp in loops],
+            "note",
+        ]
         rows = []
         for name in names:
             row = [name]
             for lp in loops:
                 m = by.get((lp, name))
-                row.append("-" if m is None or m["us_per_cycle"] is None
-                           else f"{m['us_per_cycle']:.2f}")
+                row.append(
+                    "-" if m is None or m["us_per_cycle"] is None else f"{m['us_per_cycle']:.2f}"
+                )
             for lp in loops:
                 m, base = by.get((lp, name)), ours[lp]
                 row.append(_x(_ratio(m and m["us_per_cycle"], base and base["us_per_cycle"])))
@@ -160,8 +178,12 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
             rows.append(row)
         out += _table(header, rows)
     if doc["memory"]:
-        out += ["## Peak memory (tracemalloc, MiB; SELECT 1, asyncio loop)", "",
-                meta["memory_method"], ""]
+        out += [
+            "## Peak memory (tracemalloc, MiB; SELECT 1, asyncio loop)",
+            "",
+            meta["memory_method"],
+            "",
+        ]
         concs = sorted({m["concurrency"] for m in doc["memory"]})
         by_mem = {(m["system"], m["concurrency"]): m for m in doc["memory"]}
         rows = []
@@ -179,18 +201,24 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
                 row.append(shown)
             rows.append(row)
         out += _table(["system", *[f"{c} borrowers" for c in concs]], rows)
-        out += ["(In brackets: difference from `pinned`, i.e. what the pool itself costs "
-                "beyond N connections and the borrower tasks.)", ""]
+        out += [
+            "(In brackets: difference from `pinned`, i.e. what the pool itself costs "
+            "beyond N connections and the borrower tasks.)",
+            "",
+        ]
 
     out += ["## Systems", ""]
     out += [f"- `{name}`: {desc}" for name, desc in meta["systems"].items()]
     out += ["", "## Workloads", ""]
     out += [f"- `{name}`: {desc}" for name, desc in meta["workloads"].items()]
-    out += ["", "Latency includes the wait for a connection. `†` marks a cell whose first "
-            "round (every borrower done once) did not end within the warm-up cap; "
-            "`TIMEOUT`/`ERROR`/`n err` mark failures (see the JSON for details). "
-            "`max` includes the oldest operation still in flight at the end of the window.",
-            ""]
+    out += [
+        "",
+        "Latency includes the wait for a connection. `†` marks a cell whose first "
+        "round (every borrower done once) did not end within the warm-up cap; "
+        "`TIMEOUT`/`ERROR`/`n err` mark failures (see the JSON for details). "
+        "`max` includes the oldest operation still in flight at the end of the window.",
+        "",
+    ]
 
     loops = list(dict.fromkeys(k[0] for k in cells))
     workloads = list(dict.fromkeys(k[1] for k in cells))
@@ -223,20 +251,29 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
                 row = [s]
                 for c in concs:
                     cell = cells.get((loop, workload, s, c))
-                    row.append("" if cell is None else
-                               f"{_ms(cell.p50_ms)} / {_ms(cell.p99_ms)} / {_ms(cell.max_ms)} "
-                               f"[{cell.connections_opened}]")
+                    row.append(
+                        ""
+                        if cell is None
+                        else f"{_ms(cell.p50_ms)} / {_ms(cell.p99_ms)} / {_ms(cell.max_ms)} "
+                        f"[{cell.connections_opened}]"
+                    )
                 rows.append(row)
             out += _table(["system", *[str(c) for c in concs]], rows)
-            out += ["Client CPU per operation, µs (this process only; the server's CPU is "
-                    "not counted):", ""]
-            out += _table(["system", *[str(c) for c in concs]], (
-                [s, *[_cpu(cells.get((loop, workload, s, c))) for c in concs]]
-                for s in present
-            ))
+            out += [
+                "Client CPU per operation, µs (this process only; the server's CPU is "
+                "not counted):",
+                "",
+            ]
+            out += _table(
+                ["system", *[str(c) for c in concs]],
+                ([s, *[_cpu(cells.get((loop, workload, s, c))) for c in concs]] for s in present),
+            )
             if OURS in present:
-                out += ["asyncpool vs each system (throughput ratio / p99 ratio; "
-                        "throughput > 1 and p99 < 1 favour asyncpool):", ""]
+                out += [
+                    "asyncpool vs each system (throughput ratio / p99 ratio; "
+                    "throughput > 1 and p99 < 1 favour asyncpool):",
+                    "",
+                ]
                 rows = []
                 for s in present:
                     if s == OURS:
@@ -245,16 +282,22 @@ def write_markdown(path: Path, doc: Mapping[str, Any], cells: Mapping[CellKey, C
                     for c in concs:
                         a = cells.get((loop, workload, OURS, c))
                         b = cells.get((loop, workload, s, c))
-                        row.append("" if a is None or b is None else
-                                   f"{_x(_ratio(a.throughput, b.throughput))} / "
-                                   f"{_x(_ratio(a.p99_ms, b.p99_ms))}")
+                        row.append(
+                            ""
+                            if a is None or b is None
+                            else f"{_x(_ratio(a.throughput, b.throughput))} / "
+                            f"{_x(_ratio(a.p99_ms, b.p99_ms))}"
+                        )
                     rows.append(row)
                 out += _table(["vs", *[str(c) for c in concs]], rows)
     failures = [c for c in cells.values() if c.status != "ok" or c.errors]
     if failures:
         out += ["## Failures and errors", ""]
-        out += [f"- {c.system} {c.workload}@{c.concurrency} [{c.loop}]: {c.status}; "
-                f"{c.error or ''} {c.errors or ''}".rstrip() for c in failures]
+        out += [
+            f"- {c.system} {c.workload}@{c.concurrency} [{c.loop}]: {c.status}; "
+            f"{c.error or ''} {c.errors or ''}".rstrip()
+            for c in failures
+        ]
         out.append("")
     path.write_text("\n".join(out))
 
@@ -286,16 +329,24 @@ def write_plot(path: Path, cells: Mapping[CellKey, CellResult], systems: list[st
     loops = list(dict.fromkeys(k[0] for k in cells))
     workloads = list(dict.fromkeys(k[1] for k in cells))
     columns = [("throughput", lp) for lp in loops] + [("p99_ms", lp) for lp in loops]
-    fig, axes = plt.subplots(len(workloads), len(columns), squeeze=False,
-                             figsize=(4.6 * len(columns), 3.6 * len(workloads) + 0.8))
+    fig, axes = plt.subplots(
+        len(workloads),
+        len(columns),
+        squeeze=False,
+        figsize=(4.6 * len(columns), 3.6 * len(workloads) + 0.8),
+    )
     for r, workload in enumerate(workloads):
         for col, (metric, loop) in enumerate(columns):
             ax = axes[r][col]
             for system in systems:
                 points = sorted(
-                    (k[3], getattr(cell, metric)) for k, cell in cells.items()
-                    if k[0] == loop and k[1] == workload and k[2] == system
-                    and cell.status == "ok" and getattr(cell, metric)
+                    (k[3], getattr(cell, metric))
+                    for k, cell in cells.items()
+                    if k[0] == loop
+                    and k[1] == workload
+                    and k[2] == system
+                    and cell.status == "ok"
+                    and getattr(cell, metric)
                 )
                 if points:
                     xs, ys = zip(*points, strict=True)
@@ -308,15 +359,18 @@ def write_plot(path: Path, cells: Mapping[CellKey, CellResult], systems: list[st
                 ax.set_ylim(bottom=0)
                 ax.set_ylabel("throughput, ops/s")
             ax.set_xlabel("concurrent borrowers (pool of 10)")
-            ax.set_title(f"{workload} — {'throughput' if metric == 'throughput' else 'p99'}"
-                         f" — {loop}", fontsize=10)
+            ax.set_title(
+                f"{workload} — {'throughput' if metric == 'throughput' else 'p99'} — {loop}",
+                fontsize=10,
+            )
             ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     ncol = max(1, min(len(labels), 2 * len(columns)))
     legend_rows = math.ceil(len(labels) / ncol) if labels else 0
     top = 1 - (0.3 + 0.3 * legend_rows) / fig.get_figheight()
-    fig.legend(handles, labels, loc="upper center", ncol=ncol, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
+    fig.legend(
+        handles, labels, loc="upper center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 1.0)
+    )
     fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -309,7 +309,8 @@ async def _settle(dsn: str, timeout: float) -> int:
         while True:
             others = await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
             if others == 0 or time.perf_counter() >= deadline:
                 return int(others)
             await asyncio.sleep(0.02)

@@ -201,8 +201,11 @@ class AsyncpgSystem(_AsyncpgFamily):
         return conn
 
     async def start(self) -> None:
-        kwargs: dict[str, Any] = {"min_size": self.size, "max_size": self.size,
-                                  "connect": self._counting_connect}
+        kwargs: dict[str, Any] = {
+            "min_size": self.size,
+            "max_size": self.size,
+            "connect": self._counting_connect,
+        }
         if self.reset_noop:
             kwargs["reset"] = _no_reset
         self._pool = await asyncpg.create_pool(self.dsn, **kwargs)
@@ -366,7 +369,7 @@ class _PerRequestLease:
 
 class PerRequestSystem(_AsyncpgFamily):
     name = "per-request"
-    description = (f"asyncpg.connect per operation (at most {PER_REQUEST_MAX_OPEN} open at once)")
+    description = f"asyncpg.connect per operation (at most {PER_REQUEST_MAX_OPEN} open at once)"
 
     def __init__(self, dsn: str, size: int, concurrency: int) -> None:
         super().__init__(dsn, size, concurrency)
@@ -398,8 +401,12 @@ class PsycopgSystem(System):
         from psycopg_pool import AsyncConnectionPool
 
         self._pool = AsyncConnectionPool(
-            self.dsn, min_size=self.size, max_size=self.size, open=False,
-            timeout=PEER_ACQUIRE_TIMEOUT, kwargs={"autocommit": True},
+            self.dsn,
+            min_size=self.size,
+            max_size=self.size,
+            open=False,
+            timeout=PEER_ACQUIRE_TIMEOUT,
+            kwargs={"autocommit": True},
         )
         await self._pool.open(wait=True, timeout=60)
 
@@ -450,7 +457,10 @@ class SqlalchemySystem(System):
 
         url = self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         self._engine = create_async_engine(
-            url, pool_size=self.size, max_overflow=0, pool_timeout=PEER_ACQUIRE_TIMEOUT,
+            url,
+            pool_size=self.size,
+            max_overflow=0,
+            pool_timeout=PEER_ACQUIRE_TIMEOUT,
         )
 
         def on_connect(dbapi_conn: Any, record: Any) -> None:

@@ -57,30 +57,55 @@ class TargetResult:
 
     def line(self) -> str:
         shown = "n/a" if self.ratio is None else f"{self.ratio:.2f}x"
-        return (f"{self.status}: {self.name} [{self.loop}]: {shown} "
-                f"(target {self.op} {self.threshold:g}x; {self.detail})")
+        return (
+            f"{self.status}: {self.name} [{self.loop}]: {shown} "
+            f"(target {self.op} {self.threshold:g}x; {self.detail})"
+        )
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("SELECT 1, 100 borrowers: asyncpool throughput vs pinned",
-           ("select1", "asyncpool", 100, "throughput"), ("select1", "pinned", 100, "throughput"),
-           ">=", 0.85),
-    Target("SELECT 1, 1 borrower: asyncpool throughput vs pinned",
-           ("select1", "asyncpool", 1, "throughput"), ("select1", "pinned", 1, "throughput"),
-           ">=", 0.85),
-    Target("acquire+release, 1 borrower: asyncpool throughput vs psycopg_pool",
-           ("acquire", "asyncpool", 1, "throughput"), ("acquire", "psycopg", 1, "throughput"),
-           ">=", 4.0),
-    Target("acquire+release, 1 borrower: asyncpool throughput vs asyncpg pool",
-           ("acquire", "asyncpool", 1, "throughput"), ("acquire", "asyncpg", 1, "throughput"),
-           ">=", 20.0),
-    Target("SELECT 1, 1000 borrowers: asyncpool p99 vs pinned p99",
-           ("select1", "asyncpool", 1000, "p99_ms"), ("select1", "pinned", 1000, "p99_ms"),
-           "<=", 1.5),
-    Target("SELECT 1: asyncpool throughput at 10000 vs at 100 borrowers",
-           ("select1", "asyncpool", 10000, "throughput"),
-           ("select1", "asyncpool", 100, "throughput"),
-           ">=", 0.85),
+    Target(
+        "SELECT 1, 100 borrowers: asyncpool throughput vs pinned",
+        ("select1", "asyncpool", 100, "throughput"),
+        ("select1", "pinned", 100, "throughput"),
+        ">=",
+        0.85,
+    ),
+    Target(
+        "SELECT 1, 1 borrower: asyncpool throughput vs pinned",
+        ("select1", "asyncpool", 1, "throughput"),
+        ("select1", "pinned", 1, "throughput"),
+        ">=",
+        0.85,
+    ),
+    Target(
+        "acquire+release, 1 borrower: asyncpool throughput vs psycopg_pool",
+        ("acquire", "asyncpool", 1, "throughput"),
+        ("acquire", "psycopg", 1, "throughput"),
+        ">=",
+        4.0,
+    ),
+    Target(
+        "acquire+release, 1 borrower: asyncpool throughput vs asyncpg pool",
+        ("acquire", "asyncpool", 1, "throughput"),
+        ("acquire", "asyncpg", 1, "throughput"),
+        ">=",
+        20.0,
+    ),
+    Target(
+        "SELECT 1, 1000 borrowers: asyncpool p99 vs pinned p99",
+        ("select1", "asyncpool", 1000, "p99_ms"),
+        ("select1", "pinned", 1000, "p99_ms"),
+        "<=",
+        1.5,
+    ),
+    Target(
+        "SELECT 1: asyncpool throughput at 10000 vs at 100 borrowers",
+        ("select1", "asyncpool", 10000, "throughput"),
+        ("select1", "asyncpool", 100, "throughput"),
+        ">=",
+        0.85,
+    ),
 )
 
 #: Machinery targets: (name, asyncpool system, peer system, threshold); ratio = peer µs / ours.
@@ -100,8 +125,9 @@ def _describe(side: tuple[str, str, int, str]) -> str:
     return f"{system}@{conc} {metric}"
 
 
-def _value(cells: Mapping[CellKey, CellResult], loop: str,
-           side: tuple[str, str, int, str]) -> tuple[float | None, str | None]:
+def _value(
+    cells: Mapping[CellKey, CellResult], loop: str, side: tuple[str, str, int, str]
+) -> tuple[float | None, str | None]:
     workload, system, conc, metric = side
     cell = cells.get((loop, workload, system, conc))
     if cell is None:
@@ -134,8 +160,9 @@ def _compare(ratio: float, op: str, threshold: float) -> bool:
     return ratio >= threshold if op == ">=" else ratio <= threshold
 
 
-def evaluate_targets(cells: Mapping[CellKey, CellResult], loops: list[str],
-                     machinery: list[MachineryResult]) -> list[TargetResult]:
+def evaluate_targets(
+    cells: Mapping[CellKey, CellResult], loops: list[str], machinery: list[MachineryResult]
+) -> list[TargetResult]:
     """Evaluate every target on every loop that was run."""
     results: list[TargetResult] = []
     for loop in loops:
@@ -148,13 +175,17 @@ def evaluate_targets(cells: Mapping[CellKey, CellResult], loops: list[str],
                 results.append(TargetResult(t.name, loop, None, t.op, t.threshold, status, why))
                 continue
             unit = "ops/s" if t.numerator[3] == "throughput" else "ms"
-            detail = (f"{_describe(t.numerator)} {num:,.3g} {unit} / "
-                      f"{_describe(t.denominator)} {den:,.3g} {unit}")
+            detail = (
+                f"{_describe(t.numerator)} {num:,.3g} {unit} / "
+                f"{_describe(t.denominator)} {den:,.3g} {unit}"
+            )
             paired = _paired(cells, loop, t)
             if paired:
                 ratio = statistics.median(paired)
-                detail = (f"median of {len(paired)} paired repetitions (each "
-                          f"{min(paired):.2f}-{max(paired):.2f}x); medians: {detail}")
+                detail = (
+                    f"median of {len(paired)} paired repetitions (each "
+                    f"{min(paired):.2f}-{max(paired):.2f}x); medians: {detail}"
+                )
             else:
                 ratio = num / den
             status = "PASS" if _compare(ratio, t.op, t.threshold) else "FAIL"
@@ -163,12 +194,16 @@ def evaluate_targets(cells: Mapping[CellKey, CellResult], loops: list[str],
         for name, ours, peer, threshold in MACHINERY_TARGETS:
             a, b = by_name.get(ours), by_name.get(peer)
             if a is None or b is None:
-                results.append(TargetResult(name, loop, None, ">=", threshold, "SKIP",
-                                            "not measured"))
+                results.append(
+                    TargetResult(name, loop, None, ">=", threshold, "SKIP", "not measured")
+                )
                 continue
             if not a.us_per_cycle or not b.us_per_cycle:
-                results.append(TargetResult(name, loop, None, ">=", threshold, "FAIL",
-                                            a.error or b.error or "no value"))
+                results.append(
+                    TargetResult(
+                        name, loop, None, ">=", threshold, "FAIL", a.error or b.error or "no value"
+                    )
+                )
                 continue
             ratio = b.us_per_cycle / a.us_per_cycle
             detail = f"{peer} {b.us_per_cycle:.2f} µs / {ours} {a.us_per_cycle:.2f} µs per cycle"

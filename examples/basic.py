@@ -1,6 +1,6 @@
 """The basics: open a pool, borrow connections, run a transaction, handle a timeout, close.
 
-    ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres python examples/basic.py
+ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres python examples/basic.py
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ async def main() -> None:
                 await pool.release(c)
 
         stats = pool.stats()
-        print(f"stats: size={stats.size} idle={stats.idle} in_use={stats.in_use} "
-              f"acquired={stats.acquired_total} timeouts={stats.timeouts_total}")
+        print(
+            f"stats: size={stats.size} idle={stats.idle} in_use={stats.in_use} "
+            f"acquired={stats.acquired_total} timeouts={stats.timeouts_total}"
+        )
     print(f"closed: {pool.closed}")
 
 

@@ -36,8 +36,13 @@ CREATE TABLE IF NOT EXISTS asyncpool_example_notes (
 
 # Opens the pool at start-up (fails start-up if the database is unreachable; pass
 # degraded_ok=True to start anyway) and closes it gracefully at shutdown.
-pool_state = pool_lifespan(DSN, min_size=1, max_size=10, acquire_timeout=5,
-                           server_settings={"application_name": "asyncpool-example-api"})
+pool_state = pool_lifespan(
+    DSN,
+    min_size=1,
+    max_size=10,
+    acquire_timeout=5,
+    server_settings={"application_name": "asyncpool-example-api"},
+)
 
 
 @asynccontextmanager
@@ -72,8 +77,7 @@ async def list_notes(conn: ConnectionDep, limit: int = 20) -> list[Note]:
 
 @app.get("/notes/{note_id}")
 async def get_note(note_id: int, conn: ConnectionDep) -> Note:
-    row = await conn.fetchrow("SELECT id, text FROM asyncpool_example_notes WHERE id = $1",
-                              note_id)
+    row = await conn.fetchrow("SELECT id, text FROM asyncpool_example_notes WHERE id = $1", note_id)
     if row is None:
         raise HTTPException(status_code=404, detail="no such note")
     return Note(**dict(row))

@@ -83,31 +83,36 @@ async def main() -> None:
             async def work(conn: asyncpool.PooledConnection) -> bool:
                 attempts[doctor] = attempts.get(doctor, 0) + 1
                 on_call = await conn.fetchval(
-                    "SELECT count(*) FROM asyncpool_example_oncall WHERE on_call")
+                    "SELECT count(*) FROM asyncpool_example_oncall WHERE on_call"
+                )
                 if attempts[doctor] == 1:
                     await both_have_read.wait()
                 if on_call < 2:
                     return False  # someone must stay on call
                 await conn.execute(
-                    "UPDATE asyncpool_example_oncall SET on_call = false WHERE doctor = $1",
-                    doctor)
+                    "UPDATE asyncpool_example_oncall SET on_call = false WHERE doctor = $1", doctor
+                )
                 return True
 
             def on_retry(attempt: int, exc: BaseException) -> None:
                 failures.append(doctor)
                 reason = str(exc).splitlines()[0]
-                print(f"{doctor}: attempt {attempt} failed ({type(exc).__name__}: {reason}); "
-                      "retrying")
+                print(
+                    f"{doctor}: attempt {attempt} failed ({type(exc).__name__}: {reason}); retrying"
+                )
 
             return await run_in_transaction(pool, work, on_retry=on_retry)
 
         granted = await asyncio.gather(request_leave("alice"), request_leave("bob"))
         for doctor, ok in zip(("alice", "bob"), granted, strict=True):
-            print(f"{doctor}: leave {'granted' if ok else 'refused'} after "
-                  f"{attempts[doctor]} attempt(s)")
+            print(
+                f"{doctor}: leave {'granted' if ok else 'refused'} after "
+                f"{attempts[doctor]} attempt(s)"
+            )
         async with pool.acquire() as conn:
             on_call = await conn.fetchval(
-                "SELECT count(*) FROM asyncpool_example_oncall WHERE on_call")
+                "SELECT count(*) FROM asyncpool_example_oncall WHERE on_call"
+            )
             await conn.execute("DROP TABLE asyncpool_example_oncall")
         print(f"serialization failures: {len(failures)}")
         print(f"doctors still on call: {on_call}")

@@ -50,8 +50,7 @@ class Book(Base):
 
 
 async def main() -> None:
-    async with asyncpool.create_pool(os.environ["ASYNCPOOL_DSN"], min_size=1,
-                                     max_size=4) as pool:
+    async with asyncpool.create_pool(os.environ["ASYNCPOOL_DSN"], min_size=1, max_size=4) as pool:
         engine = engine_for(pool)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
@@ -59,10 +58,15 @@ async def main() -> None:
         sessions = async_sessionmaker(engine, expire_on_commit=False)
 
         async with sessions() as session, session.begin():
-            session.add(Author(name="Ursula", books=[
-                Book(title="The Dispossessed", meta={"year": 1974}),
-                Book(title="The Lathe of Heaven", meta={"year": 1971}),
-            ]))
+            session.add(
+                Author(
+                    name="Ursula",
+                    books=[
+                        Book(title="The Dispossessed", meta={"year": 1974}),
+                        Book(title="The Lathe of Heaven", meta={"year": 1971}),
+                    ],
+                )
+            )
 
         try:  # a failed transaction rolls back and the connection still goes back
             async with sessions() as session, session.begin():
@@ -81,8 +85,10 @@ async def main() -> None:
             await conn.run_sync(Base.metadata.drop_all)
         await engine.dispose()
         stats = pool.stats()
-        print(f"after: in_use={stats.in_use} acquired={stats.acquired_total} "
-              f"released={stats.released_total} opened={stats.connections_opened_total}")
+        print(
+            f"after: in_use={stats.in_use} acquired={stats.acquired_total} "
+            f"released={stats.released_total} opened={stats.connections_opened_total}"
+        )
 
 
 if __name__ == "__main__":

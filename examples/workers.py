@@ -59,7 +59,10 @@ async def create_tables(conn: asyncpool.PooledConnection, table: str) -> None:
 
 
 async def run_one(
-    pool: asyncpool.Pool, table: str, worker: str, job_seconds: float,
+    pool: asyncpool.Pool,
+    table: str,
+    worker: str,
+    job_seconds: float,
     claimed: ProcessEvent | None = None,
 ) -> bool:
     """Claim one job, do it, mark it done, all in one transaction. False if none is free."""
@@ -71,18 +74,27 @@ async def run_one(
             claimed.set()
         await asyncio.sleep(job_seconds)  # the work; SIGTERM does not interrupt it
         result = await conn.fetchval("SELECT $1::bigint * $1::bigint", job["payload"])
-        await conn.execute(f"INSERT INTO {table}_runs (job_id, worker) VALUES ($1, $2)",
-                           job["id"], worker)
+        await conn.execute(
+            f"INSERT INTO {table}_runs (job_id, worker) VALUES ($1, $2)", job["id"], worker
+        )
         await conn.execute(
             f"UPDATE {table} SET result = $2, done_by = $3, done_at = now() WHERE id = $1",
-            job["id"], result, worker,
+            job["id"],
+            result,
+            worker,
         )
     return True
 
 
 async def consume(
-    pool: asyncpool.Pool, stop: asyncio.Event, table: str, worker: str, *,
-    job_seconds: float, exit_when_idle: bool, claimed: ProcessEvent | None,
+    pool: asyncpool.Pool,
+    stop: asyncio.Event,
+    table: str,
+    worker: str,
+    *,
+    job_seconds: float,
+    exit_when_idle: bool,
+    claimed: ProcessEvent | None,
     poll_interval: float = 0.1,
 ) -> int:
     """Run jobs until ``stop`` is set (or, with ``exit_when_idle``, the queue is empty)."""
@@ -99,31 +111,60 @@ async def consume(
 
 
 async def worker(
-    dsn: str, name: str, *, table: str, pool_size: int, job_seconds: float = 0.05,
-    exit_when_idle: bool = False, claimed: ProcessEvent | None = None,
+    dsn: str,
+    name: str,
+    *,
+    table: str,
+    pool_size: int,
+    job_seconds: float = 0.05,
+    exit_when_idle: bool = False,
+    claimed: ProcessEvent | None = None,
 ) -> int:
     """One worker process's life: its own pool, ``pool_size`` consumers, a clean stop."""
     with stop_on_signals() as stop:
         async with asyncpool.create_pool(
             dsn, min_size=1, max_size=pool_size, server_settings={"application_name": name}
         ) as pool:
-            counts = await asyncio.gather(*(
-                consume(pool, stop, table, name, job_seconds=job_seconds,
-                        exit_when_idle=exit_when_idle, claimed=claimed)
-                for _ in range(pool_size)
-            ))
+            counts = await asyncio.gather(
+                *(
+                    consume(
+                        pool,
+                        stop,
+                        table,
+                        name,
+                        job_seconds=job_seconds,
+                        exit_when_idle=exit_when_idle,
+                        claimed=claimed,
+                    )
+                    for _ in range(pool_size)
+                )
+            )
         # Leaving the block closed the pool: no connection of this worker is left open.
     print(f"{name}: {sum(counts)} job(s) done, pool closed", flush=True)
     return sum(counts)
 
 
 def worker_process(
-    dsn: str, name: str, table: str, pool_size: int, job_seconds: float,
-    exit_when_idle: bool, claimed: ProcessEvent | None = None,
+    dsn: str,
+    name: str,
+    table: str,
+    pool_size: int,
+    job_seconds: float,
+    exit_when_idle: bool,
+    claimed: ProcessEvent | None = None,
 ) -> None:
     """A worker process's entry point (must be importable for the "spawn" start method)."""
-    asyncio.run(worker(dsn, name, table=table, pool_size=pool_size, job_seconds=job_seconds,
-                       exit_when_idle=exit_when_idle, claimed=claimed))
+    asyncio.run(
+        worker(
+            dsn,
+            name,
+            table=table,
+            pool_size=pool_size,
+            job_seconds=job_seconds,
+            exit_when_idle=exit_when_idle,
+            claimed=claimed,
+        )
+    )
 
 
 async def prepare(dsn: str, table: str, jobs: int) -> None:
@@ -151,10 +192,15 @@ async def check_and_drop(dsn: str, table: str) -> tuple[int, int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=6,
-                        help="connections all workers may hold together")
-    parser.add_argument("--jobs", type=int, default=0,
-                        help="enqueue this many demo jobs, run until done, check, drop")
+    parser.add_argument(
+        "--budget", type=int, default=6, help="connections all workers may hold together"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="enqueue this many demo jobs, run until done, check, drop",
+    )
     parser.add_argument("--job-seconds", type=float, default=0.02)
     parser.add_argument("--table", default="asyncpool_example_jobs")
     args = parser.parse_args(argv)
@@ -166,9 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
-            target=worker_process, name=f"worker-{i}",
-            args=(dsn, f"asyncpool-example-worker-{i}", args.table, pool_size,
-                  args.job_seconds, args.jobs > 0),
+            target=worker_process,
+            name=f"worker-{i}",
+            args=(
+                dsn,
+                f"asyncpool-example-worker-{i}",
+                args.table,
+                pool_size,
+                args.job_seconds,
+                args.jobs > 0,
+            ),
         )
         for i in range(args.processes)
     ]

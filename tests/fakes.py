@@ -50,8 +50,9 @@ class FakeConnection:
             self.in_transaction = False
         return "OK"
 
-    async def fetchval(self, query: str, *args: Any, column: int = 0,
-                       timeout: float | None = None) -> Any:
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any:
         await self.execute(query, *args)
         return 1
 
@@ -130,8 +131,14 @@ def check_slots(pool: Any) -> None:
     assert pool._active == len(pool._slots) - counts[5], (pool._active, counts)  # not CLOSING
     assert len(set(pool._idle)) == len(pool._idle)
     assert stats.size == len(pool._slots)
-    assert stats.size == (stats.idle + stats.in_use + stats.connecting + stats.returning
-                          + stats.checking + stats.closing)
+    assert stats.size == (
+        stats.idle
+        + stats.in_use
+        + stats.connecting
+        + stats.returning
+        + stats.checking
+        + stats.closing
+    )
     assert len(pool._idle) == stats.idle
     live = sum(1 for w in pool._waiters if not w[0].done())
     assert live == stats.waiting, (live, stats.waiting)

@@ -355,9 +355,11 @@ class RealBackend:
         assert not conn.is_in_transaction()
 
     async def server_count(self) -> int:
-        return int(await self.admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", self.app
-        ))
+        return int(
+            await self.admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", self.app
+            )
+        )
 
     async def check_server(self, pool: asyncpool.Pool) -> None:
         """pg_stat_activity shows exactly the pool's connections (backends of aborted
@@ -647,15 +649,20 @@ class Borrower:
                 return "too-many-waiters"
         elif isinstance(exc, fz.backend.broken_errors) and (spec.plan == "break" or fz.closing):
             return "broken"
-        elif (isinstance(exc, AttributeError) and fz.closing and "'NoneType'" in str(exc)
-              and where(exc).startswith("asyncpg.")):
+        elif (
+            isinstance(exc, AttributeError)
+            and fz.closing
+            and "'NoneType'" in str(exc)
+            and where(exc).startswith("asyncpg.")
+        ):
             # close() terminated the borrowed connection mid-query: asyncpg's terminate()
             # sets Connection._protocol to None under a running _do_execute().
             return "broken-by-close(asyncpg AttributeError)"
         text = "".join(traceback.format_exception(exc))
         fz.tally.unexpected.append(
             f"{spec} step={self.step} closing={fz.closing} outage={fz.outage} "
-            f"pool={fz.pool!r}:\n{text}")
+            f"pool={fz.pool!r}:\n{text}"
+        )
         return f"UNEXPECTED:{type(exc).__name__}"
 
 
@@ -677,8 +684,13 @@ class Fuzzer:
         self.borrows_at_open = 0
         self.frames_at_open: Counter[str] = Counter()
 
-    async def run(self, target: int, *, waves: tuple[int, int] = (2, 6),
-                  borrowers: tuple[int, int] = (20, 120)) -> Tally:
+    async def run(
+        self,
+        target: int,
+        *,
+        waves: tuple[int, int] = (2, 6),
+        borrowers: tuple[int, int] = (20, 120),
+    ) -> Tally:
         """Run pools until at least ``target`` cancellations were delivered."""
         while self.tally.total < target:
             await self.one_pool(waves, borrowers)
@@ -756,15 +768,22 @@ class Fuzzer:
         if pending:
             stacks = []
             for t in list(pending)[:5]:
-                stacks.append(f"{t.get_name()}:\n" + "".join(traceback.format_stack(
-                    t.get_stack()[-1] if t.get_stack() else None)))
+                stacks.append(
+                    f"{t.get_name()}:\n"
+                    + "".join(traceback.format_stack(t.get_stack()[-1] if t.get_stack() else None))
+                )
                 t.cancel()
-            raise AssertionError(f"{len(pending)} borrowers hang on {pool!r} (seed "
-                                 f"{self.seed}):\n" + "\n".join(stacks))
+            raise AssertionError(
+                f"{len(pending)} borrowers hang on {pool!r} (seed "
+                f"{self.seed}):\n" + "\n".join(stacks)
+            )
         # A task can end cancelled only if its own Task.cancel() was still pending when its
         # coroutine returned (nothing suspended after it); any other way is a stray cancel.
-        escaped = [b.spec for t, b in zip(tasks, borrowers, strict=True)
-                   if t.cancelled() and (b.spec.mech != "task" or b.outcome is None)]
+        escaped = [
+            b.spec
+            for t, b in zip(tasks, borrowers, strict=True)
+            if t.cancelled() and (b.spec.mech != "task" or b.outcome is None)
+        ]
         assert not escaped, f"CancelledError escaped a borrower: {escaped[:3]}"
         for t in done:
             if not t.cancelled():
@@ -808,7 +827,10 @@ class Fuzzer:
         in_wait = sum(frames[f] - self.frames_at_open[f] for f in QUEUED_FRAMES)
         wait_for = frames["wait_for"] - self.frames_at_open["wait_for"]
         assert in_wait <= stats.cancelled_total <= in_wait + wait_for, (
-            stats.cancelled_total, in_wait, wait_for)
+            stats.cancelled_total,
+            in_wait,
+            wait_for,
+        )
         await self.backend.check_server(pool)
         await serve_max_size(pool, self.backend.verify, self.tally)
         stats = await settle_pool(pool)
@@ -823,8 +845,14 @@ async def settle_pool(pool: asyncpool.Pool, timeout: float = 10.0) -> asyncpool.
     i = 0
     while True:
         stats = pool.stats()
-        if not (stats.returning or stats.closing or stats.connecting or stats.checking
-                or stats.waiting or stats.in_use):
+        if not (
+            stats.returning
+            or stats.closing
+            or stats.connecting
+            or stats.checking
+            or stats.waiting
+            or stats.in_use
+        ):
             return stats
         if loop.time() > deadline:
             raise AssertionError(f"pool did not settle within {timeout}s: {pool!r}")
@@ -832,8 +860,12 @@ async def settle_pool(pool: asyncpool.Pool, timeout: float = 10.0) -> asyncpool.
         i += 1
 
 
-async def serve_max_size(pool: asyncpool.Pool, verify: Callable[[Any], Awaitable[None]],
-                         tally: Tally | None = None, timeout: float = 10.0) -> None:
+async def serve_max_size(
+    pool: asyncpool.Pool,
+    verify: Callable[[Any], Awaitable[None]],
+    tally: Tally | None = None,
+    timeout: float = 10.0,
+) -> None:
     """Acquire max_size connections at once, use each, and release them all."""
     n = pool.config.max_size
     results = await asyncio.gather(

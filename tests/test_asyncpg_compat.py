@@ -140,7 +140,7 @@ def test_every_asyncpg_pool_method_exists_with_its_signature(name: str) -> None:
     want = [(p.name, p.kind, p.default) for p in inspect.signature(theirs).parameters.values()]
     have = list(inspect.signature(ours).parameters.values())
     assert [(p.name, p.kind, p.default) for p in have[: len(want)]] == want
-    assert all(p.default is not p.empty for p in have[len(want):])
+    assert all(p.default is not p.empty for p in have[len(want) :])
     assert ours.__doc__
 
 
@@ -247,8 +247,13 @@ async def test_release_resets_session_state(make_pool: MakePool) -> None:
         assert con.get_server_pid() == pid
         assert await con.fetchval("SHOW search_path") == '"$user", public'
         assert await con.fetch("SELECT pg_listening_channels()") == []
-        assert await con.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                                  " AND pid = pg_backend_pid()") == 0
+        assert (
+            await con.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid = pg_backend_pid()"
+            )
+            == 0
+        )
 
 
 async def test_released_connection_refuses_use(make_pool: MakePool, impl: str) -> None:
@@ -386,8 +391,9 @@ async def test_connect_init_setup_reset_hooks(make_pool: MakePool) -> None:
         assert con in inited
         resets.append(con)
 
-    pool = await make_pool(min_size=2, max_size=5, connect=connect, init=init, setup=setup,
-                           reset=reset)
+    pool = await make_pool(
+        min_size=2, max_size=5, connect=connect, init=init, setup=setup, reset=reset
+    )
 
     async def user() -> Any:
         async with pool.acquire() as con:
@@ -509,8 +515,12 @@ async def test_expire_connections(make_pool: MakePool) -> None:
 async def test_set_connect_args(make_pool: MakePool, postgres_dsn: str) -> None:
     """New arguments apply to new connections, replacing the old connect arguments but
     keeping record_class; expire_connections makes them apply at once."""
-    pool = await make_pool(min_size=1, max_size=1, record_class=MyRecord,
-                           server_settings={"application_name": "compat-before"})
+    pool = await make_pool(
+        min_size=1,
+        max_size=1,
+        record_class=MyRecord,
+        server_settings={"application_name": "compat-before"},
+    )
     con = await pool.acquire()
     pool.set_connect_args(postgres_dsn, server_settings={"application_name": "compat-1"})
     await pool.expire_connections()
@@ -533,10 +543,12 @@ async def test_query_shortcuts(make_pool: MakePool) -> None:
     try:
         assert await pool.execute(f"CREATE TABLE {table} (a text, b int)") == "CREATE TABLE"
         assert await pool.execute("SELECT generate_series(0, $1)", 3) == "SELECT 4"
-        await asyncio.gather(*(
-            pool.executemany(f"INSERT INTO {table} VALUES ($1, $2)", [("x", i), ("y", i)])
-            for i in range(10)
-        ))
+        await asyncio.gather(
+            *(
+                pool.executemany(f"INSERT INTO {table} VALUES ($1, $2)", [("x", i), ("y", i)])
+                for i in range(10)
+            )
+        )
         assert await pool.fetchval(f"SELECT count(*) FROM {table}") == 20
         assert await pool.fetchval("SELECT 1, 2", column=1) == 2
         assert await pool.fetch("SELECT $1::int AS n", 7) == [(7,)]
@@ -548,8 +560,9 @@ async def test_query_shortcuts(make_pool: MakePool) -> None:
         assert [r[0] for r in rows] == [2, 4]
         with pytest.raises(asyncio.TimeoutError):
             await pool.fetchval("SELECT pg_sleep(10)", timeout=0.1)
-        assert await asyncio.gather(*(pool.fetchval("SELECT $1::int", i) for i in range(20))) \
-            == list(range(20))
+        assert await asyncio.gather(
+            *(pool.fetchval("SELECT $1::int", i) for i in range(20))
+        ) == list(range(20))
         # asyncpool resets the timed-out query's connection after release returns
         await eventually(lambda: pool.get_idle_size() == pool.get_size())
     finally:
@@ -569,8 +582,9 @@ async def test_copy_shortcuts(make_pool: MakePool) -> None:
         assert await pool.copy_from_table(table, output=out, format="csv") == "COPY 3"
         assert sorted(out.getvalue().splitlines()) == [b"1,x", b"2,y", b"3,z"]
         out = io.BytesIO()
-        status = await pool.copy_from_query(f"SELECT a FROM {table} WHERE a > $1", 1,
-                                            output=out, format="csv")
+        status = await pool.copy_from_query(
+            f"SELECT a FROM {table} WHERE a > $1", 1, output=out, format="csv"
+        )
         assert status == "COPY 2"
         assert sorted(out.getvalue().splitlines()) == [b"2", b"3"]
     finally:
@@ -585,13 +599,17 @@ async def test_record_class(make_pool: MakePool) -> None:
     assert type(await pool.fetchrow("SELECT 1 AS a")) is MyRecord
     async with pool.acquire() as con:
         assert all(type(r) is MyRecord for r in await con.fetch("SELECT 1 UNION SELECT 2"))
-        assert type(await con.fetchrow("SELECT 1", record_class=asyncpg.Record)) \
-            is asyncpg.Record
+        assert type(await con.fetchrow("SELECT 1", record_class=asyncpg.Record)) is asyncpg.Record
 
 
 async def test_connection_class_and_connect_kwargs(make_pool: MakePool) -> None:
-    pool = await make_pool(min_size=1, max_size=1, connection_class=MyConnection,
-                           statement_cache_size=3, command_timeout=7)
+    pool = await make_pool(
+        min_size=1,
+        max_size=1,
+        connection_class=MyConnection,
+        statement_cache_size=3,
+        command_timeout=7,
+    )
     async with pool.acquire() as con:
         assert type(raw(con)) is MyConnection
         assert await con.answer() == 42  # a method only the subclass has
@@ -711,8 +729,9 @@ async def test_asyncpool_errors_are_what_asyncpg_code_catches(postgres_dsn: str)
 async def test_acquire_timeout_inf_waits_like_asyncpg(postgres_dsn: str) -> None:
     """asyncpg waits forever by default; ``acquire_timeout=math.inf`` does too (the
     default deadline is 30 s, and ``acquire(timeout=None)`` means that default)."""
-    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1,
-                                     acquire_timeout=math.inf) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn, min_size=1, max_size=1, acquire_timeout=math.inf
+    ) as pool:
         held = await pool.acquire()
         waiter = asyncio.create_task(pool.fetchval("SELECT 2"))
         await settle()
@@ -723,8 +742,7 @@ async def test_acquire_timeout_inf_waits_like_asyncpg(postgres_dsn: str) -> None
 
 
 async def test_close_timeout_inf_waits_like_asyncpg(postgres_dsn: str) -> None:
-    pool = await asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1,
-                                       close_timeout=math.inf)
+    pool = await asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1, close_timeout=math.inf)
     con = await pool.acquire()
     closing = asyncio.create_task(pool.close())
     await settle()
@@ -735,11 +753,10 @@ async def test_close_timeout_inf_waits_like_asyncpg(postgres_dsn: str) -> None:
 
 
 async def test_reset_full_resets_even_untracked_state(postgres_dsn: str) -> None:
-    """"auto" sees only what goes through the pooled connection; ``reset="full"``
+    """ "auto" sees only what goes through the pooled connection; ``reset="full"``
     resets on every release like asyncpg (and also drops temp tables)."""
     for mode, reset_seen in (("auto", False), ("full", True)):
-        async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1,
-                                         reset=mode) as pool:
+        async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1, reset=mode) as pool:
             async with pool.acquire() as con:
                 await con.raw_connection.execute("SET application_name = 'compat-raw'")
             async with pool.acquire() as con:
@@ -760,8 +777,7 @@ async def test_setup_that_closes_on_failure_gets_asyncpgs_behaviour(postgres_dsn
             await con.close()
             raise Error
 
-    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1,
-                                     setup=setup) as pool:
+    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1, setup=setup) as pool:
         with pytest.raises(Error):
             await pool.acquire()
         async with pool.acquire(timeout=5) as con:
@@ -771,6 +787,7 @@ async def test_setup_that_closes_on_failure_gets_asyncpgs_behaviour(postgres_dsn
 async def test_persistent_init_failure_is_named_in_the_timeout(postgres_dsn: str) -> None:
     """asyncpg raises init's error to each borrower; asyncpool's borrower gets a
     PoolTimeout whose message names it."""
+
     async def init(con: Any) -> None:
         raise Error("init says no")
 
@@ -795,8 +812,7 @@ async def test_callable_reset_drops_listener_callbacks(postgres_dsn: str) -> Non
     async def reset(con: Any) -> None:
         await con.execute("UNLISTEN *")
 
-    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1,
-                                     reset=reset) as pool:
+    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1, reset=reset) as pool:
         async with pool.acquire() as con:
             await con.add_listener("compat_channel", lambda *args: None)
         async with pool.acquire(timeout=5) as con:

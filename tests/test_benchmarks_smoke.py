@@ -16,14 +16,34 @@ def test_benchmark_harness_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
     for module in ("psycopg_pool", "sqlalchemy", "matplotlib", "uvloop"):
         pytest.importorskip(module)
     command = [
-        sys.executable, "-m", "benchmarks", "--quick",
-        "--dsn", postgres_dsn, "--output-dir", str(tmp_path), "--name", "smoke",
-        "--workloads", "select1", "--concurrency", "1,10", "--loops", "asyncio,uvloop",
-        "--duration", "0.05", "--warmup", "0.01", "--warmup-cap", "0.5",
-        "--no-memory", "--no-progress",
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--dsn",
+        postgres_dsn,
+        "--output-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+        "--workloads",
+        "select1",
+        "--concurrency",
+        "1,10",
+        "--loops",
+        "asyncio,uvloop",
+        "--duration",
+        "0.05",
+        "--warmup",
+        "0.01",
+        "--warmup-cap",
+        "0.5",
+        "--no-memory",
+        "--no-progress",
     ]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90,
-                          check=False)
+    proc = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=90, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     doc = json.loads((tmp_path / "smoke.json").read_text())
@@ -32,8 +52,16 @@ def test_benchmark_harness_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
     assert (tmp_path / "smoke.png").stat().st_size > 10_000
 
     systems = set(doc["meta"]["systems"])
-    assert systems == {"asyncpool", "asyncpg", "asyncpg-noreset", "psycopg", "sqlalchemy",
-                       "pinned", "lock", "per-request"}
+    assert systems == {
+        "asyncpool",
+        "asyncpg",
+        "asyncpg-noreset",
+        "psycopg",
+        "sqlalchemy",
+        "pinned",
+        "lock",
+        "per-request",
+    }
     assert doc["meta"]["skipped"] == {}
     cells = {(c["loop"], c["workload"], c["system"], c["concurrency"]): c for c in doc["cells"]}
     assert len(cells) == 2 * 2 * len(systems)
@@ -57,8 +85,9 @@ def test_benchmark_harness_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
     statuses = {t["status"] for t in doc["targets"]}
     assert statuses <= {"PASS", "FAIL", "SKIP"}
     assert any(t["status"] != "SKIP" for t in doc["targets"])
-    assert sum(line.startswith(("PASS: ", "FAIL: ", "SKIP: "))
-               for line in proc.stdout.splitlines()) == len(doc["targets"])
+    assert sum(
+        line.startswith(("PASS: ", "FAIL: ", "SKIP: ")) for line in proc.stdout.splitlines()
+    ) == len(doc["targets"])
 
 
 def test_target_ratio_pairs_the_repetitions() -> None:
@@ -69,8 +98,9 @@ def test_target_ratio_pairs_the_repetitions() -> None:
 
     def cell(system: str, conc: int, throughputs: list[float]) -> CellResult:
         ordered = sorted(throughputs)
-        result = CellResult(system, "select1", conc, "asyncio",
-                            throughput=ordered[(len(ordered) - 1) // 2])
+        result = CellResult(
+            system, "select1", conc, "asyncio", throughput=ordered[(len(ordered) - 1) // 2]
+        )
         if len(throughputs) > 1:
             result.extra["repeats"] = [{"throughput": t, "status": "ok"} for t in throughputs]
         return result
@@ -78,14 +108,24 @@ def test_target_ratio_pairs_the_repetitions() -> None:
     # The machine is slow in the 2nd and 3rd repetitions, and during our 4th run only:
     # the medians' ratio says 0.45 (450 / 1000), the pairs 0.9 in four of five.
     ours, ref = [900.0, 450.0, 450.0, 450.0, 900.0], [1000.0, 500.0, 500.0, 1000.0, 1000.0]
-    cells = {("asyncio", "select1", "asyncpool", 100): cell("asyncpool", 100, ours),
-             ("asyncio", "select1", "pinned", 100): cell("pinned", 100, ref)}
-    (target,) = [t for t in evaluate_targets(cells, ["asyncio"], [])
-                 if t.name.startswith("SELECT 1, 100 borrowers")]
+    cells = {
+        ("asyncio", "select1", "asyncpool", 100): cell("asyncpool", 100, ours),
+        ("asyncio", "select1", "pinned", 100): cell("pinned", 100, ref),
+    }
+    (target,) = [
+        t
+        for t in evaluate_targets(cells, ["asyncio"], [])
+        if t.name.startswith("SELECT 1, 100 borrowers")
+    ]
     assert target.ratio is not None and abs(target.ratio - 0.9) < 0.001
     assert "median of 5 paired repetitions" in target.detail and target.status == "PASS"
-    cells = {("asyncio", "select1", "asyncpool", 100): cell("asyncpool", 100, [800.0]),
-             ("asyncio", "select1", "pinned", 100): cell("pinned", 100, [1000.0])}
-    (target,) = [t for t in evaluate_targets(cells, ["asyncio"], [])
-                 if t.name.startswith("SELECT 1, 100 borrowers")]
+    cells = {
+        ("asyncio", "select1", "asyncpool", 100): cell("asyncpool", 100, [800.0]),
+        ("asyncio", "select1", "pinned", 100): cell("pinned", 100, [1000.0]),
+    }
+    (target,) = [
+        t
+        for t in evaluate_targets(cells, ["asyncio"], [])
+        if t.name.startswith("SELECT 1, 100 borrowers")
+    ]
     assert target.ratio == 0.8 and target.status == "FAIL" and "paired" not in target.detail

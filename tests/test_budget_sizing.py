@@ -21,8 +21,13 @@ from asyncpool._budget import (
 )
 
 
-def facts(max_connections: int = 100, superuser: int = 3, reserved: int = 0,
-          clients: int = 1, version: int = 150000) -> ServerFacts:
+def facts(
+    max_connections: int = 100,
+    superuser: int = 3,
+    reserved: int = 0,
+    clients: int = 1,
+    version: int = 150000,
+) -> ServerFacts:
     return ServerFacts(max_connections, superuser, reserved, clients, version)
 
 
@@ -145,8 +150,12 @@ async def test_client_count_matches_pg_stat_activity(postgres_dsn: str) -> None:
     """
     conn = await asyncpg.connect(postgres_dsn)
     try:
-        async with asyncpool.create_pool(postgres_dsn, min_size=5, max_size=5,
-                                         server_settings={"application_name": "budget-count"}):
+        async with asyncpool.create_pool(
+            postgres_dsn,
+            min_size=5,
+            max_size=5,
+            server_settings={"application_name": "budget-count"},
+        ):
             async with conn.transaction():
                 f = await read_server_facts(conn)
                 ours = await conn.fetchval(
@@ -186,38 +195,44 @@ async def test_client_count_includes_sessions_hidden_from_a_non_superuser(
         await admin.close()
 
 
-async def test_check_budget_ok_logs_nothing(postgres_dsn: str,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_check_budget_ok_logs_nothing(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async with asyncpool.create_pool(postgres_dsn, min_size=1) as pool, pool.acquire() as conn:
         with caplog.at_level(logging.WARNING, logger="asyncpool"):
-            report = await check_budget(conn, max_size=10, instances=2, policy="refuse",
-                                        pool_name=pool.name)
+            report = await check_budget(
+                conn, max_size=10, instances=2, policy="refuse", pool_name=pool.name
+            )
     assert report.ok and report.fits_now
     assert report.requested == 20
     assert report.available == report.max_connections - report.reserved - report.in_use_now
     assert not caplog.records
 
 
-async def test_check_budget_warn_refuse_off(postgres_dsn: str,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_check_budget_warn_refuse_off(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
     conn = await asyncpg.connect(postgres_dsn)
     try:
         max_connections = int(await conn.fetchval("SHOW max_connections"))
         too_big = max_connections  # x 2 instances: more than max_connections - reserved
         with caplog.at_level(logging.WARNING, logger="asyncpool"):
-            report = await check_budget(conn, max_size=too_big, instances=2, policy="warn",
-                                        pool_name="warned")
+            report = await check_budget(
+                conn, max_size=too_big, instances=2, policy="warn", pool_name="warned"
+            )
         assert not report.ok
         [record] = [r for r in caplog.records if r.name == "asyncpool"]
         assert record.levelno == logging.WARNING
         assert "'warned'" in record.getMessage()
         caplog.clear()
         with pytest.raises(asyncpool.PoolError, match="budget_check='refuse'"):
-            await check_budget(conn, max_size=too_big, instances=2, policy="refuse",
-                               pool_name="refused")
+            await check_budget(
+                conn, max_size=too_big, instances=2, policy="refuse", pool_name="refused"
+            )
         with caplog.at_level(logging.WARNING, logger="asyncpool"):
-            report = await check_budget(conn, max_size=too_big, instances=2, policy="off",
-                                        pool_name="quiet")
+            report = await check_budget(
+                conn, max_size=too_big, instances=2, policy="off", pool_name="quiet"
+            )
         assert not report.ok
         assert not caplog.records
     finally:
@@ -228,8 +243,13 @@ async def test_check_budget_validates_arguments(postgres_dsn: str) -> None:
     conn = await asyncpg.connect(postgres_dsn)
     try:
         with pytest.raises(ValueError, match="budget_check"):
-            await check_budget(conn, max_size=1, instances=1, policy="loud",  # type: ignore[arg-type]
-                               pool_name="p")
+            await check_budget(
+                conn,
+                max_size=1,
+                instances=1,
+                policy="loud",  # type: ignore[arg-type]
+                pool_name="p",
+            )
         with pytest.raises(ValueError, match="instances"):
             await check_budget(conn, max_size=1, instances=0, policy="warn", pool_name="p")
     finally:
@@ -248,8 +268,9 @@ def test_cli_prints_a_recommendation(postgres_dsn: str, capsys: pytest.CaptureFi
 
 
 def test_cli_json(postgres_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert sizing.main(["--dsn", postgres_dsn, "--instances", "3", "--headroom", "10",
-                        "--json"]) == 0
+    assert (
+        sizing.main(["--dsn", postgres_dsn, "--instances", "3", "--headroom", "10", "--json"]) == 0
+    )
     data = json.loads(capsys.readouterr().out)
     server = data["server"]
     assert data["budget_limit"] == (server["max_connections"] - server["reserved"] - 10) // 3
@@ -261,8 +282,9 @@ def test_cli_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = sizing.main(["--dsn", f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                        "--connect-timeout", "2"])
+    code = sizing.main(
+        ["--dsn", f"postgresql://postgres@127.0.0.1:{port}/postgres", "--connect-timeout", "2"]
+    )
     assert code == 1
     assert "cannot read the server's settings" in capsys.readouterr().err
 

@@ -48,8 +48,7 @@ LOOP_KIND = os.environ.get("ASYNCPOOL_TEST_LOOP", "asyncio")
 
 
 def _report(title: str, tally: Tally, started: float) -> None:
-    print(f"\n[{LOOP_KIND}] " + tally.report(title)
-          + f"\n   {time.perf_counter() - started:.1f}s")
+    print(f"\n[{LOOP_KIND}] " + tally.report(title) + f"\n   {time.perf_counter() - started:.1f}s")
 
 
 @pytest.fixture
@@ -74,18 +73,43 @@ def _sweep_specs() -> list[Spec]:
             for target in plan_steps(plan):
                 for hops in range(4):
                     style = ("with", "explicit")[hops % 2]
-                    specs.append(Spec(plan=plan, style=style, mech=mech, mode="phase",
-                                      target=target, hops=hops))
+                    specs.append(
+                        Spec(
+                            plan=plan,
+                            style=style,
+                            mech=mech,
+                            mode="phase",
+                            target=target,
+                            hops=hops,
+                        )
+                    )
     return specs
 
 
 SWEEP_CONFIGS: list[dict[str, Any]] = [
     # Contended: borrowers queue, resets run while others wait.
-    {"max_size": 2, "min_size": 1, "ping_after_idle": None, "setup": None, "reset": "auto",
-     "max_uses": None, "max_waiting": None, "max_lifetime": None, "keepalive_interval": None},
+    {
+        "max_size": 2,
+        "min_size": 1,
+        "ping_after_idle": None,
+        "setup": None,
+        "reset": "auto",
+        "max_uses": None,
+        "max_waiting": None,
+        "max_lifetime": None,
+        "keepalive_interval": None,
+    },
     # Every lend pings first (pool._check), a setup hook runs per checkout.
-    {"max_size": 3, "min_size": 0, "ping_after_idle": 0.0, "reset": "full", "max_uses": None,
-     "max_waiting": None, "max_lifetime": None, "keepalive_interval": None},
+    {
+        "max_size": 3,
+        "min_size": 0,
+        "ping_after_idle": 0.0,
+        "reset": "full",
+        "max_uses": None,
+        "max_waiting": None,
+        "max_lifetime": None,
+        "keepalive_interval": None,
+    },
 ]
 
 
@@ -105,7 +129,7 @@ async def test_cancel_at_every_await_point_fake() -> None:
             fz.backend.server.connect_delay = 1e-4
             rng.shuffle(specs)
             for i in range(0, len(specs), 40):
-                await fz.wave(specs[i:i + 40])
+                await fz.wave(specs[i : i + 40])
                 await fz.check_settled()
             await fz.finish_pool()
         finally:
@@ -114,12 +138,27 @@ async def test_cancel_at_every_await_point_fake() -> None:
     _report("sweep of every await point (fake)", tally, started)
     assert set(tally.by(0)) == set(PHASE_MECHANISMS)
     steps = tally.by(1)
-    for step in ("acquire", "query", "begin", "tx-query", "commit", "set", "slow", "break",
-                 "after-release"):
+    for step in (
+        "acquire",
+        "query",
+        "begin",
+        "tx-query",
+        "commit",
+        "set",
+        "slow",
+        "break",
+        "after-release",
+    ):
         assert steps[step] > 0, (step, steps)
     frames = tally.by(2)
-    for frame in ("pool.__aenter__", "pool._check", "pool._run_setup", "fake.execute", "test.slow",
-                  "test.body"):
+    for frame in (
+        "pool.__aenter__",
+        "pool._check",
+        "pool._run_setup",
+        "fake.execute",
+        "test.slow",
+        "test.body",
+    ):
         assert frames[frame] > 0, (frame, frames)
 
 

@@ -125,9 +125,11 @@ async def count_rows(dsn: str, table: str) -> int:
 
 async def test_lifespan_opens_pool_in_state_and_closes_it(postgres_dsn: str):
     name = app_name()
-    app = FastAPI(lifespan=pool_lifespan(
-        postgres_dsn, min_size=2, max_size=4, server_settings={"application_name": name}
-    ))
+    app = FastAPI(
+        lifespan=pool_lifespan(
+            postgres_dsn, min_size=2, max_size=4, server_settings={"application_name": name}
+        )
+    )
 
     @app.get("/state")
     async def state(request: Request) -> dict[str, Any]:
@@ -166,10 +168,16 @@ async def test_startup_fails_clearly_when_database_unreachable(postgres_dsn: str
 async def test_degraded_startup_serves_503_then_recovers(postgres_dsn: str):
     async with TcpProxy.from_dsn(postgres_dsn) as proxy:
         proxy.refuse()
-        app = FastAPI(lifespan=pool_lifespan(
-            proxy.dsn, degraded_ok=True, min_size=2, max_size=3,
-            reconnect_initial_delay=0.01, reconnect_max_delay=0.05,
-        ))
+        app = FastAPI(
+            lifespan=pool_lifespan(
+                proxy.dsn,
+                degraded_ok=True,
+                min_size=2,
+                max_size=3,
+                reconnect_initial_delay=0.01,
+                reconnect_max_delay=0.05,
+            )
+        )
         app.include_router(health_router(timeout=0.5))
 
         @app.get("/one")
@@ -259,9 +267,11 @@ async def test_connection_returned_when_handler_raises(postgres_dsn: str):
 
 async def test_connection_returned_when_request_cancelled(postgres_dsn: str):
     name = app_name()
-    app = FastAPI(lifespan=pool_lifespan(
-        postgres_dsn, min_size=1, max_size=2, server_settings={"application_name": name}
-    ))
+    app = FastAPI(
+        lifespan=pool_lifespan(
+            postgres_dsn, min_size=1, max_size=2, server_settings={"application_name": name}
+        )
+    )
     started = asyncio.Event()
 
     @app.get("/slow")
@@ -340,6 +350,7 @@ async def test_commit_failure_is_an_error_response(postgres_dsn: str, table: str
 async def test_borrow_failure_is_503(postgres_dsn: str):
     app = FastAPI(lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=1))
     quick = connection_dependency(timeout=0.05)
+
     @app.get("/one")
     async def one(conn: Annotated[asyncpool.PooledConnection, Depends(quick)]) -> int:
         return int(await conn.fetchval("SELECT 1"))
@@ -381,8 +392,14 @@ async def test_request_scope_keeps_the_connection_while_streaming(postgres_dsn: 
 async def test_health_endpoints_report_pool_state(postgres_dsn: str):
     app = FastAPI(lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2))
     app.include_router(health_router(timeout=0.2))
-    app.include_router(health_router(ready_path="/readyz-strict", live_path="/livez-strict",
-                                     timeout=0.2, saturated_is_ready=False))
+    app.include_router(
+        health_router(
+            ready_path="/readyz-strict",
+            live_path="/livez-strict",
+            timeout=0.2,
+            saturated_is_ready=False,
+        )
+    )
 
     async with client_for(app) as client:
         live = await client.get("/livez")
@@ -423,8 +440,15 @@ async def uvicorn_on_loopback(app: Any) -> AsyncIterator[int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)  # clients queue in the backlog until uvicorn has started
-    config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning",
-                            http="h11", ws="none", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        log_level="warning",
+        http="h11",
+        ws="none",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -437,9 +461,11 @@ async def uvicorn_on_loopback(app: Any) -> AsyncIterator[int]:
 
 async def test_client_disconnect_mid_transaction_under_uvicorn(postgres_dsn: str, table: str):
     name = app_name()
-    app = FastAPI(lifespan=pool_lifespan(
-        postgres_dsn, min_size=1, max_size=2, server_settings={"application_name": name}
-    ))
+    app = FastAPI(
+        lifespan=pool_lifespan(
+            postgres_dsn, min_size=1, max_size=2, server_settings={"application_name": name}
+        )
+    )
     app.add_middleware(CancelOnDisconnect)
     started, finished = asyncio.Event(), asyncio.Event()
     outcome: list[str] = []

@@ -65,10 +65,13 @@ async def sleeping(dsn: str, name: str) -> None:
     async def in_sleep() -> bool:
         conn = await asyncpg.connect(dsn)
         try:
-            return bool(await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = $1 AND wait_event = 'PgSleep'", name
-            ))
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = $1 AND wait_event = 'PgSleep'",
+                    name,
+                )
+            )
         finally:
             await conn.close()
 
@@ -99,8 +102,15 @@ async def uvicorn_on_loopback(app: ASGIApp) -> AsyncIterator[int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)  # clients queue in the backlog until uvicorn has started
-    config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning",
-                            http="h11", ws="none", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        log_level="warning",
+        http="h11",
+        ws="none",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -165,11 +175,13 @@ async def test_pool_in_lifespan_state_and_app_state(postgres_dsn: str):
     async def which(request: Request) -> JSONResponse:
         pool = get_pool(request)
         replica = get_pool(request, "replica")
-        return JSONResponse({
-            "state": request.state.pool is pool,
-            "app": request.app.state.pool is pool,
-            "distinct": replica is not pool,
-        })
+        return JSONResponse(
+            {
+                "state": request.state.pool is pool,
+                "app": request.app.state.pool is pool,
+                "distinct": replica is not pool,
+            }
+        )
 
     lifespan_pool = pool_lifespan(postgres_dsn, min_size=1, max_size=2)
     replica_pool = pool_lifespan(postgres_dsn, min_size=0, max_size=1, state_key="replica")
@@ -182,7 +194,9 @@ async def test_pool_in_lifespan_state_and_app_state(postgres_dsn: str):
     app = Starlette(routes=[Route("/which", which)], lifespan=lifespan)
     async with client_for(app) as client:
         assert (await client.get("/which")).json() == {
-            "state": True, "app": True, "distinct": True,
+            "state": True,
+            "app": True,
+            "distinct": True,
         }
         pools = (app.state.pool, app.state.replica)
     assert all(p.closed for p in pools)
@@ -219,9 +233,10 @@ async def test_get_pool_without_lifespan_explains():
 
 
 async def test_readiness_distinguishes_failures(postgres_dsn: str):
-    async with TcpProxy.from_dsn(postgres_dsn) as proxy, asyncpool.create_pool(
-        proxy.dsn, min_size=1, max_size=2
-    ) as pool:
+    async with (
+        TcpProxy.from_dsn(postgres_dsn) as proxy,
+        asyncpool.create_pool(proxy.dsn, min_size=1, max_size=2) as pool,
+    ):
         ok = await check_readiness(pool)
         assert (ok.ready, ok.status) == (True, "ready")
         assert ok.stats is not None
@@ -241,15 +256,20 @@ async def test_readiness_distinguishes_failures(postgres_dsn: str):
 
 
 async def test_health_routes_on_starlette(postgres_dsn: str):
-    app = Starlette(routes=health_routes(live_path="/live", ready_path="/ready"),
-                    lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2))
+    app = Starlette(
+        routes=health_routes(live_path="/live", ready_path="/ready"),
+        lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2),
+    )
     async with client_for(app) as client:
         live = await client.get("/live")
         ready = await client.get("/ready")
     assert (live.status_code, live.json()["status"]) == (200, "alive")
     assert (ready.status_code, ready.json()["status"]) == (200, "ready")
     assert ready.json()["pool"] == {
-        **ready.json()["pool"], "max_size": 2, "in_use": 0, "waiting": 0,
+        **ready.json()["pool"],
+        "max_size": 2,
+        "in_use": 0,
+        "waiting": 0,
     }
 
 
@@ -271,8 +291,9 @@ async def test_cancel_on_disconnect_returns_connection_under_uvicorn(postgres_ds
     app = Starlette(
         routes=[Route("/slow", slow.handle)],
         middleware=[Middleware(CancelOnDisconnect)],
-        lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2,
-                               server_settings={"application_name": name}),
+        lifespan=pool_lifespan(
+            postgres_dsn, min_size=1, max_size=2, server_settings={"application_name": name}
+        ),
     )
     async with uvicorn_on_loopback(signal_when_done(app, "/slow", done)) as port:
         await hang_up_mid_request(port, slow.started, lambda: sleeping(postgres_dsn, name))
@@ -295,8 +316,10 @@ async def test_without_middleware_the_handler_runs_to_its_end(postgres_dsn: str)
     """What CancelOnDisconnect changes: uvicorn alone lets the abandoned query finish."""
     slow = SlowEndpoint(0.3)
     done = asyncio.Event()
-    app = Starlette(routes=[Route("/slow", slow.handle)],
-                    lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2))
+    app = Starlette(
+        routes=[Route("/slow", slow.handle)],
+        lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2),
+    )
     async with uvicorn_on_loopback(signal_when_done(app, "/slow", done)) as port:
         await hang_up_mid_request(port, slow.started)
         await asyncio.wait_for(done.wait(), 5)
@@ -315,8 +338,9 @@ async def test_cancel_on_disconnect_passes_bodies_through(postgres_dsn: str):
 
         return StreamingResponse(chunks())
 
-    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])],
-                    middleware=[Middleware(CancelOnDisconnect)])
+    app = Starlette(
+        routes=[Route("/echo", echo, methods=["POST"])], middleware=[Middleware(CancelOnDisconnect)]
+    )
 
     async def upload() -> AsyncIterator[bytes]:
         for part in (b"hel", b"lo ", b"world"):

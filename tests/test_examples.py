@@ -28,9 +28,14 @@ DEADLINE = 60.0
 async def run_example(name: str, dsn: str, *args: str) -> str:
     """Run ``examples/<name>``; return its stdout. Fails on a non-zero exit or a hang."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-W", "error", str(EXAMPLES / name), *args,
+        sys.executable,
+        "-W",
+        "error",
+        str(EXAMPLES / name),
+        *args,
         env={**os.environ, "ASYNCPOOL_DSN": dsn},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), DEADLINE)
@@ -73,8 +78,18 @@ async def test_retry_transaction_survives_a_real_serialization_failure(postgres_
 
 
 async def test_workers(postgres_dsn: str):
-    out = await run_example("workers.py", postgres_dsn, "--processes", "2", "--budget", "5",
-                            "--jobs", "20", "--table", "asyncpool_example_jobs_test")
+    out = await run_example(
+        "workers.py",
+        postgres_dsn,
+        "--processes",
+        "2",
+        "--budget",
+        "5",
+        "--jobs",
+        "20",
+        "--table",
+        "asyncpool_example_jobs_test",
+    )
     assert "2 workers x max_size 2 <= budget 5" in out
     assert out.count("job(s) done, pool closed") == 2
     assert "worker exit codes: [0, 0]" in out
@@ -94,11 +109,13 @@ async def test_sqlalchemy_orm(postgres_dsn: str):
 
 
 @pytest.fixture
-async def fastapi_example(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
-                          ) -> AsyncIterator[ModuleType]:
+async def fastapi_example(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[ModuleType]:
     monkeypatch.setenv("ASYNCPOOL_DSN", postgres_dsn)
-    spec = importlib.util.spec_from_file_location("example_fastapi_app",
-                                                  EXAMPLES / "fastapi_app.py")
+    spec = importlib.util.spec_from_file_location(
+        "example_fastapi_app", EXAMPLES / "fastapi_app.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -143,19 +160,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_fastapi_app_under_uvicorn_shuts_down_on_sigterm(fastapi_example: ModuleType,
-                                                                  postgres_dsn: str):
+async def test_fastapi_app_under_uvicorn_shuts_down_on_sigterm(
+    fastapi_example: ModuleType, postgres_dsn: str
+):
     port = free_port()
     admin = await asyncpg.connect(postgres_dsn)
     abandoned = "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()"
     abandoned_before = await admin.fetchval(abandoned)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "fastapi_app.py"),
+        sys.executable,
+        str(EXAMPLES / "fastapi_app.py"),
         env={**os.environ, "ASYNCPOOL_DSN": postgres_dsn, "PORT": str(port)},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     try:
+
         async def started() -> None:
             while b"Application startup complete" not in await proc.stderr.readline():
                 assert proc.returncode is None

@@ -55,11 +55,17 @@ async def test_pool_follows_failover_to_promoted_replica(cluster: ReplicatedPost
     loop = asyncio.get_running_loop()
     p, r = cluster.primary, cluster.replica
     dsn = cluster.multi_host_dsn("read-write")
-    assert dsn == (f"postgresql://postgres@127.0.0.1:{p.port},127.0.0.1:{r.port}/postgres"
-                   "?target_session_attrs=read-write")
+    assert dsn == (
+        f"postgresql://postgres@127.0.0.1:{p.port},127.0.0.1:{r.port}/postgres"
+        "?target_session_attrs=read-write"
+    )
     async with asyncpool.create_pool(
-        dsn, min_size=2, max_size=4, acquire_timeout=5,
-        connect_timeout=2, reconnect_max_delay=0.2,
+        dsn,
+        min_size=2,
+        max_size=4,
+        acquire_timeout=5,
+        connect_timeout=2,
+        reconnect_max_delay=0.2,
     ) as pool:
         async with pool.acquire() as conn:
             await conn.execute("CREATE TABLE events (id serial PRIMARY KEY, note text)")
@@ -87,8 +93,9 @@ async def test_pool_follows_failover_to_promoted_replica(cluster: ReplicatedPost
             started = loop.time()
             try:
                 async with pool.acquire(timeout=timeout) as conn:
-                    await conn.execute("INSERT INTO events (note) VALUES ($1)", note,
-                                       timeout=timeout)
+                    await conn.execute(
+                        "INSERT INTO events (note) VALUES ($1)", note, timeout=timeout
+                    )
                 return True
             except OUTAGE:
                 return False
@@ -126,15 +133,16 @@ async def test_role_watcher_moves_pool_off_a_fenced_primary(cluster: ReplicatedP
     """
     loop = asyncio.get_running_loop()
     async with asyncpool.create_pool(
-        cluster.multi_host_dsn("read-write"), min_size=2, max_size=2, acquire_timeout=3,
+        cluster.multi_host_dsn("read-write"),
+        min_size=2,
+        max_size=2,
+        acquire_timeout=3,
         reconnect_max_delay=0.2,
     ) as pool:
         async with pool.acquire() as conn:
             await conn.execute("CREATE TABLE fenced (x int)")
         cluster.wait_replayed()
-        cluster.primary.execute_sync(
-            "ALTER SYSTEM SET default_transaction_read_only = on"
-        )
+        cluster.primary.execute_sync("ALTER SYSTEM SET default_transaction_read_only = on")
         cluster.primary.execute_sync("SELECT pg_reload_conf()")
         await asyncio.to_thread(cluster.promote)
 

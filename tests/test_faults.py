@@ -22,8 +22,12 @@ def app_name() -> str:
     return f"fault-{uuid.uuid4().hex[:8]}"
 
 
-async def run_load(pool: asyncpool.Pool, stop: asyncio.Event, deadline: float,
-                   record: list[tuple[float, float, str]]) -> None:
+async def run_load(
+    pool: asyncpool.Pool,
+    stop: asyncio.Event,
+    deadline: float,
+    record: list[tuple[float, float, str]],
+) -> None:
     """One borrower looping until `stop`: record (start, duration, outcome) per borrow."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -32,8 +36,14 @@ async def run_load(pool: asyncpool.Pool, stop: asyncio.Event, deadline: float,
             async with pool.acquire(timeout=deadline) as conn:
                 await conn.fetchval("SELECT 1", timeout=deadline)
             outcome = "ok"
-        except (TimeoutError, asyncpool.PoolError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncpg.exceptions.InternalClientError, OSError) as exc:
+        except (
+            TimeoutError,
+            asyncpool.PoolError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+            OSError,
+        ) as exc:
             # A connection can die under its borrower at any moment of an outage (the
             # server's goodbye may arrive just after checkout); what matters is that no
             # borrower hangs and that the pool heals.
@@ -64,10 +74,10 @@ async def test_server_restart_under_load(controllable_postgres: PostgresServer) 
     record: list[tuple[float, float, str]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    async with asyncpool.create_pool(server.dsn, min_size=2, max_size=4,
-                                     acquire_timeout=deadline) as pool:
-        workers = [asyncio.create_task(run_load(pool, stop, deadline, record))
-                   for _ in range(8)]
+    async with asyncpool.create_pool(
+        server.dsn, min_size=2, max_size=4, acquire_timeout=deadline
+    ) as pool:
+        workers = [asyncio.create_task(run_load(pool, stop, deadline, record)) for _ in range(8)]
         await asyncio.sleep(0.3)
         await asyncio.to_thread(server.stop, "fast")
         await asyncio.sleep(0.5)  # down for a while: borrowers must fail fast, not hang
@@ -94,13 +104,16 @@ async def test_server_restart_under_load(controllable_postgres: PostgresServer) 
 
 async def test_terminating_all_backends_then_borrowing(postgres_dsn: str) -> None:
     app = app_name()
-    async with asyncpool.create_pool(postgres_dsn, min_size=4, max_size=4,
-                                     server_settings={"application_name": app}) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn, min_size=4, max_size=4, server_settings={"application_name": app}
+    ) as pool:
         killer = await asyncpg.connect(postgres_dsn)
         try:
             killed = await killer.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = $1", app)
+                "WHERE application_name = $1",
+                app,
+            )
             assert killed == 4
             while await backends(postgres_dsn, app):
                 await asyncio.sleep(0.01)
@@ -120,9 +133,14 @@ async def test_terminating_all_backends_then_borrowing(postgres_dsn: str) -> Non
 
 async def test_stalled_network_is_detected_within_budget(postgres_dsn: str) -> None:
     async with TcpProxy.from_dsn(postgres_dsn) as proxy:
-        pool = await asyncpool.create_pool(proxy.dsn, min_size=2, max_size=2,
-                                           ping_after_idle=0.0, ping_timeout=0.2,
-                                           connect_timeout=0.3)
+        pool = await asyncpool.create_pool(
+            proxy.dsn,
+            min_size=2,
+            max_size=2,
+            ping_after_idle=0.0,
+            ping_timeout=0.2,
+            connect_timeout=0.3,
+        )
         try:
             held = await pool.acquire()
             stalled_pid = held.get_server_pid()
@@ -150,8 +168,13 @@ async def test_stalled_network_is_detected_within_budget(postgres_dsn: str) -> N
 async def test_keepalive_drops_stalled_idle_connections(postgres_dsn: str) -> None:
     async with TcpProxy.from_dsn(postgres_dsn) as proxy:
         async with asyncpool.create_pool(
-            proxy.dsn, min_size=3, max_size=3, keepalive_interval=0.05,
-            maintenance_interval=0.05, ping_timeout=0.2, connect_timeout=0.3,
+            proxy.dsn,
+            min_size=3,
+            max_size=3,
+            keepalive_interval=0.05,
+            maintenance_interval=0.05,
+            ping_timeout=0.2,
+            connect_timeout=0.3,
         ) as pool:
             proxy.stall()
             loop = asyncio.get_running_loop()
@@ -179,11 +202,17 @@ async def test_cut_connections_are_replaced(postgres_dsn: str) -> None:
 async def test_refused_connects_fail_fast_then_recover(postgres_dsn: str) -> None:
     failures: list[float] = []
     async with TcpProxy.from_dsn(postgres_dsn) as proxy:
-        pool = asyncpool.Pool(proxy.dsn, min_size=1, max_size=2,
-                              reconnect_initial_delay=0.02, reconnect_max_delay=0.3)
+        pool = asyncpool.Pool(
+            proxy.dsn, min_size=1, max_size=2, reconnect_initial_delay=0.02, reconnect_max_delay=0.3
+        )
         loop = asyncio.get_running_loop()
-        pool.add_event_hook(lambda e: failures.append(loop.time())
-                            if e.kind is asyncpool.EventKind.CONNECT_FAILED else None)
+        pool.add_event_hook(
+            lambda e: (
+                failures.append(loop.time())
+                if e.kind is asyncpool.EventKind.CONNECT_FAILED
+                else None
+            )
+        )
         await pool.open()
         try:
             proxy.refuse()
@@ -212,10 +241,12 @@ async def test_wrong_port_open_fails_clearly() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(OSError):
-        await asyncpool.create_pool(f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                                    min_size=1, connect_timeout=2)
-    pool = await asyncpool.create_pool(f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                                       min_size=0)
+        await asyncpool.create_pool(
+            f"postgresql://postgres@127.0.0.1:{port}/postgres", min_size=1, connect_timeout=2
+        )
+    pool = await asyncpool.create_pool(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", min_size=0
+    )
     try:
         with pytest.raises(asyncpool.DatabaseUnavailable, match="unreachable"):
             await pool.acquire(timeout=5)
@@ -230,8 +261,9 @@ async def test_connection_limit_and_login_refused(postgres_dsn: str) -> None:
     try:
         await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
         await admin.execute(f"CREATE ROLE {role}_nologin NOLOGIN")
-        async with asyncpool.create_pool(postgres_dsn, user=role, min_size=1, max_size=2,
-                                         reconnect_max_delay=0.05) as pool:
+        async with asyncpool.create_pool(
+            postgres_dsn, user=role, min_size=1, max_size=2, reconnect_max_delay=0.05
+        ) as pool:
             async with pool.acquire() as first:
                 # The second connection is refused by the server (connection limit): the
                 # borrower waits for the first to come back instead of failing.
@@ -254,6 +286,7 @@ async def test_spike_with_slow_connects_opens_few_connections(postgres_dsn: str)
     async with TcpProxy.from_dsn(postgres_dsn) as proxy:
         proxy.set_delay(0.15)
         async with asyncpool.create_pool(proxy.dsn, min_size=1, max_size=20) as pool:
+
             async def request() -> None:
                 async with pool.acquire(timeout=5) as conn:
                     await conn.execute("SELECT pg_sleep(0.002)")
@@ -270,8 +303,14 @@ async def test_spike_with_slow_connects_opens_few_connections(postgres_dsn: str)
 
 
 async def test_lifetime_with_jitter_and_idle_limits(postgres_dsn: str) -> None:
-    async with asyncpool.create_pool(postgres_dsn, min_size=3, max_size=3, max_lifetime=0.4,
-                                     lifetime_jitter=0.5, maintenance_interval=0.02) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn,
+        min_size=3,
+        max_size=3,
+        max_lifetime=0.4,
+        lifetime_jitter=0.5,
+        maintenance_interval=0.02,
+    ) as pool:
         expiries = sorted(s.expires_at - s.created_at for s in pool._slots)
         assert expiries[0] < expiries[-1] <= 0.4  # spread, never above the lifetime
         first = {s.conn for s in pool._slots}
@@ -279,8 +318,9 @@ async def test_lifetime_with_jitter_and_idle_limits(postgres_dsn: str) -> None:
         stats = await settled(pool)
         assert not first & {s.conn for s in pool._slots}  # all replaced in the background
         assert stats.size == 3 and stats.connections_opened_total >= 6
-    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=4, max_idle=0.1,
-                                     maintenance_interval=0.02) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn, min_size=1, max_size=4, max_idle=0.1, maintenance_interval=0.02
+    ) as pool:
         conns = [await pool.acquire() for _ in range(4)]
         for c in conns:
             await pool.release(c)
@@ -288,9 +328,14 @@ async def test_lifetime_with_jitter_and_idle_limits(postgres_dsn: str) -> None:
         await asyncio.sleep(0.4)
         stats = await settled(pool)
         assert stats.size == 1  # back to min_size
-    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1,
-                                     max_lifetime=0.2, lifetime_jitter=0.0,
-                                     maintenance_interval=10) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn,
+        min_size=1,
+        max_size=1,
+        max_lifetime=0.2,
+        lifetime_jitter=0.0,
+        maintenance_interval=10,
+    ) as pool:
         async with pool.acquire() as conn:
             pid = conn.get_server_pid()
             await asyncio.sleep(0.3)  # expires while borrowed: not retired under us
@@ -307,15 +352,18 @@ async def test_credentials_from_a_callable(postgres_dsn: str) -> None:
         calls += 1
         return {"server_settings": {"application_name": f"token-{calls}"}}
 
-    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1,
-                                     connect_args=rotating) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn, min_size=1, max_size=1, connect_args=rotating
+    ) as pool:
         async with pool.acquire() as conn:
             assert await conn.fetchval("SHOW application_name") == "token-1"
         pool.expire()
         async with pool.acquire(timeout=3) as conn:
             assert await conn.fetchval("SHOW application_name") == "token-2"
     async with asyncpool.create_pool(
-        postgres_dsn, min_size=1, max_size=1,
+        postgres_dsn,
+        min_size=1,
+        max_size=1,
         connect_args=lambda: {"server_settings": {"application_name": "sync-cb"}},
     ) as pool:
         async with pool.acquire() as conn:
@@ -334,8 +382,9 @@ async def test_init_and_setup_hooks(postgres_dsn: str) -> None:
         if len(seen) == 4:
             raise RuntimeError("setup failed")
 
-    async with asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1, init=init,
-                                     setup=setup) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn, min_size=1, max_size=1, init=init, setup=setup
+    ) as pool:
         async with pool.acquire() as conn:
             assert await conn.fetchval("SHOW search_path") == "pg_catalog, public"
         async with pool.acquire():
@@ -369,15 +418,18 @@ async def test_bad_password_is_a_clear_counted_error(
         hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + original)
         await admin.execute("SELECT pg_reload_conf()")
         await asyncio.sleep(0.2)
-        async with asyncpool.create_pool(controllable_postgres.dsn, user=role,
-                                         password="right", min_size=1) as pool:
+        async with asyncpool.create_pool(
+            controllable_postgres.dsn, user=role, password="right", min_size=1
+        ) as pool:
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT current_user") == role
         with pytest.raises(asyncpg.InvalidPasswordError):
-            await asyncpool.create_pool(controllable_postgres.dsn, user=role,
-                                        password="wrong", min_size=1)
-        pool = await asyncpool.create_pool(controllable_postgres.dsn, user=role,
-                                           password="wrong", min_size=0)
+            await asyncpool.create_pool(
+                controllable_postgres.dsn, user=role, password="wrong", min_size=1
+            )
+        pool = await asyncpool.create_pool(
+            controllable_postgres.dsn, user=role, password="wrong", min_size=0
+        )
         try:
             with pytest.raises(asyncpool.DatabaseUnavailable) as info:
                 await pool.acquire(timeout=5)

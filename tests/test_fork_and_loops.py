@@ -66,8 +66,16 @@ def in_thread(fn: Callable[[], Any]) -> list[BaseException]:
 
 def counters(pool: asyncpool.Pool) -> tuple[int, ...]:
     s = pool.stats()
-    return (s.size, s.idle, s.in_use, s.waiting, s.acquired_total, s.released_total,
-            s.leaks_total, s.connections_lost_total)
+    return (
+        s.size,
+        s.idle,
+        s.in_use,
+        s.waiting,
+        s.acquired_total,
+        s.released_total,
+        s.leaks_total,
+        s.connections_lost_total,
+    )
 
 
 # ------------------------------------------------------------------ threads and loops
@@ -84,8 +92,10 @@ async def test_release_from_another_thread_is_refused(make_fake_pool: Any) -> No
 
     def release_elsewhere() -> None:
         errors = []
-        for attempt in (lambda: asyncio.run(pool.release(conn)),  # another loop and thread
-                        lambda: pool.release_nowait(conn)):  # a thread without a loop
+        for attempt in (
+            lambda: asyncio.run(pool.release(conn)),  # another loop and thread
+            lambda: pool.release_nowait(conn),
+        ):  # a thread without a loop
             try:
                 attempt()
             except BaseException as exc:
@@ -162,8 +172,7 @@ def test_pool_refuses_a_new_loop_in_the_same_thread() -> None:
     box: dict[str, Any] = {}
 
     async def first() -> None:
-        pool = asyncpool.Pool(connect=server.connect, min_size=1, max_size=2,
-                              budget_check="off")
+        pool = asyncpool.Pool(connect=server.connect, min_size=1, max_size=2, budget_check="off")
         await pool.open()
         box["pool"], box["conn"] = pool, await pool.acquire()
 
@@ -259,8 +268,9 @@ async def test_sync_operations_from_another_thread_are_refused(
 # ------------------------------------------------------------------------------ fork
 
 
-async def fork_and_wait(child: Callable[[io.StringIO], int], timeout: float = 30.0
-                        ) -> tuple[int, str]:
+async def fork_and_wait(
+    child: Callable[[io.StringIO], int], timeout: float = 30.0
+) -> tuple[int, str]:
     """Fork; run ``child(out)`` in the child and leave with ``os._exit(its result)`` (no
     cleanup, no finalizers); return the child's exit code and what it wrote."""
     read_end, write_end = os.pipe()
@@ -326,8 +336,7 @@ def expect_fork_refusal(out: io.StringIO, what: str, call: Callable[[], Any]) ->
 
 
 async def server_pids(admin: Any, app: str) -> set[int]:
-    rows = await admin.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", app)
+    rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1", app)
     return {r["pid"] for r in rows}
 
 
@@ -335,8 +344,9 @@ async def server_pids(admin: Any, app: str) -> set[int]:
 async def forkable_pool(postgres_dsn: str) -> Any:
     app = f"fork-{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(postgres_dsn, server_settings={"application_name": "fork-admin"})
-    pool = asyncpool.Pool(postgres_dsn, min_size=2, max_size=3,
-                          server_settings={"application_name": app})
+    pool = asyncpool.Pool(
+        postgres_dsn, min_size=2, max_size=3, server_settings={"application_name": app}
+    )
     await pool.open()
     try:
         yield pool, admin, app
@@ -362,8 +372,7 @@ async def test_forked_child_is_refused_and_parent_is_undisturbed(forkable_pool: 
         ok &= expect_fork_refusal(out, "acquire", lambda: drive(pool.acquire().__await__()))
         ok &= expect_fork_refusal(out, "release", lambda: drive(pool.release(held)))
         ok &= expect_fork_refusal(out, "release_nowait", lambda: pool.release_nowait(held))
-        ok &= expect_fork_refusal(out, "async with exit",
-                                  lambda: block.__aexit__(None, None, None))
+        ok &= expect_fork_refusal(out, "async with exit", lambda: block.__aexit__(None, None, None))
         if counters(pool) != stats_at_fork:
             print(f"stats moved: {counters(pool)} != {stats_at_fork}", file=out)
             ok = False
@@ -379,8 +388,10 @@ async def test_forked_child_is_refused_and_parent_is_undisturbed(forkable_pool: 
                 async with pool.acquire(timeout=1):
                     pass
 
-            for what, make in (("acquire in a new loop", borrow),
-                               ("close in a new loop", pool.close)):
+            for what, make in (
+                ("acquire in a new loop", borrow),
+                ("close in a new loop", pool.close),
+            ):
                 try:
                     await make()
                 except asyncpool.PoolUsageError as exc:

@@ -295,8 +295,12 @@ class PoolMachine(RuleBasedStateMachine):
         pool = self.pool
         before = pool.stats()
         fast = self.is_open() and self.healthy_idle() > 0 and before.waiting == 0
-        refused = self.is_open() and self.max_waiting is not None and not fast and (
-            before.waiting >= self.max_waiting)
+        refused = (
+            self.is_open()
+            and self.max_waiting is not None
+            and not fast
+            and (before.waiting >= self.max_waiting)
+        )
         deadline = None if timeout is None else self.loop.time() + timeout
         b = Borrower(len(self.borrowers), timeout, deadline)
         self.borrowers.append(b)
@@ -323,7 +327,9 @@ class PoolMachine(RuleBasedStateMachine):
             raw.terminate()
         waiting = self.waiting()
         predictable = (
-            self.is_open() and not raw.closed and not self.expired
+            self.is_open()
+            and not raw.closed
+            and not self.expired
             and self.pool.stats().size - self.pool.stats().closing <= self.pool.config.max_size
         )
         b.outcome = "released"
@@ -347,8 +353,12 @@ class PoolMachine(RuleBasedStateMachine):
         assert b.outcome == "cancelled", b
         assert {x.n: x.outcome for x in self.borrowers if x is not b} == others
 
-    @precondition(lambda self: any(b.outcome == "holding" for b in self.borrowers)
-                  and any(b.outcome == "waiting" for b in self.borrowers))
+    @precondition(
+        lambda self: (
+            any(b.outcome == "holding" for b in self.borrowers)
+            and any(b.outcome == "waiting" for b in self.borrowers)
+        )
+    )
     @rule(data=st.data())
     def release_and_cancel_oldest_in_same_tick(self, data: st.DataObject) -> None:
         holder = data.draw(st.sampled_from(self.holding()))
@@ -356,8 +366,12 @@ class PoolMachine(RuleBasedStateMachine):
         first = waiting[0]
         conn, raw = holder.conn, holder.raw
         assert conn is not None and first.task is not None
-        predictable = self.is_open() and not raw.closed and not self.expired and (
-            self.pool.stats().size - self.pool.stats().closing <= self.pool.config.max_size)
+        predictable = (
+            self.is_open()
+            and not raw.closed
+            and not self.expired
+            and (self.pool.stats().size - self.pool.stats().closing <= self.pool.config.max_size)
+        )
         holder.outcome = "released"
         holder.conn = None
 
@@ -422,7 +436,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert len(new) == len(gates)
         if self.is_open():  # served waiters are the oldest ones, with connections in order
             served = [b for b in waiting if b.outcome == "holding"]
-            assert served == waiting[:len(served)], (served, waiting)
+            assert served == waiting[: len(served)], (served, waiting)
             order = [new.index(b.raw) for b in served]
             assert order == sorted(order), (served, new)
 
@@ -470,8 +484,14 @@ class PoolMachine(RuleBasedStateMachine):
         self.pool.expire()
         self.run()
 
-    @precondition(lambda self: self.close_task is None and not self.terminated
-                  and self.steps >= 12 and len(self.borrowers) >= 4)
+    @precondition(
+        lambda self: (
+            self.close_task is None
+            and not self.terminated
+            and self.steps >= 12
+            and len(self.borrowers) >= 4
+        )
+    )
     @rule(timeout=st.sampled_from([0.0, 1.0, 50.0] if VIRTUAL_TIME else [0.0, 1000.0]))
     def close(self, timeout: float) -> None:
         waiting = self.waiting()
@@ -480,8 +500,9 @@ class PoolMachine(RuleBasedStateMachine):
         for b in waiting:
             assert b.outcome == "closed", b
 
-    @precondition(lambda self: not self.terminated and self.steps >= 20
-                  and len(self.borrowers) >= 4)
+    @precondition(
+        lambda self: not self.terminated and self.steps >= 20 and len(self.borrowers) >= 4
+    )
     @rule()
     def terminate(self) -> None:
         waiting = self.waiting()
@@ -534,8 +555,12 @@ class PoolMachine(RuleBasedStateMachine):
         if stats.waiting:
             assert stats.idle == 0 or self.healthy_idle() == 0, f"stranded waiter: {pool!r}"
             active = stats.size - stats.closing
-            assert (stats.connecting or stats.returning or active >= stats.max_size
-                    or pool._retry_handle is not None), f"nobody connects for waiters: {pool!r}"
+            assert (
+                stats.connecting
+                or stats.returning
+                or active >= stats.max_size
+                or pool._retry_handle is not None
+            ), f"nobody connects for waiters: {pool!r}"
 
     @invariant()
     def outcomes_have_causes(self) -> None:

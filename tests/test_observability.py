@@ -55,6 +55,7 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
 async def start_waiter(pool: asyncpool.Pool) -> asyncio.Task[asyncpool.PooledConnection]:
     """A borrower queued behind the busy pool (queued before this returns)."""
     before = pool.stats().waiting
+
     async def borrow() -> asyncpool.PooledConnection:
         return await pool.acquire(timeout=10)
 
@@ -151,8 +152,11 @@ async def test_otel_follows_the_connection_pool_semantic_conventions(postgres_ds
         assert use.max >= HOLD  # `held` was held through that timeout
         # The histograms agree with the pool's own summaries.
         stats = pool.stats()
-        for point, summary in ((wait, stats.wait_time), (use, stats.use_time),
-                               (create, stats.connect_time)):
+        for point, summary in (
+            (wait, stats.wait_time),
+            (use, stats.use_time),
+            (create, stats.connect_time),
+        ):
             assert point.count == summary.count
             assert point.sum == pytest.approx(summary.sum, abs=1e-3)  # timed apart
             assert tuple(point.explicit_bounds) == HISTOGRAM_BOUNDS
@@ -244,8 +248,7 @@ def sample(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def check_histogram(samples: dict[Any, float], name: str, pool: str,
-                    summary: TimeSummary) -> None:
+def check_histogram(samples: dict[Any, float], name: str, pool: str, summary: TimeSummary) -> None:
     """The scraped histogram is the cumulative form of the pool's summary."""
     running = 0
     for bound, n in zip(HISTOGRAM_BOUNDS, summary.buckets, strict=False):
@@ -267,8 +270,14 @@ async def test_prometheus_collector_scrape(postgres_dsn: str):
             await pool.acquire(timeout=HOLD)
 
         s = scrape(registry)
-        states = {"idle": 0, "in_use": 1, "connecting": 0, "returning": 0, "checking": 0,
-                  "closing": 0}
+        states = {
+            "idle": 0,
+            "in_use": 1,
+            "connecting": 0,
+            "returning": 0,
+            "checking": 0,
+            "closing": 0,
+        }
         for state, n in states.items():
             assert sample(s, "asyncpool_connections", pool="prom-main", state=state) == n
         assert sample(s, "asyncpool_connections_max", pool="prom-main") == 1
@@ -320,8 +329,9 @@ async def test_prometheus_several_pools():
         PoolCollector([a, asyncpool.Pool("postgresql://unused", name="a")])
     # The registry checks names through describe(): a second collector clashes.
     with pytest.raises(ValueError, match="Duplicated timeseries"):
-        registry.register(PoolCollector(asyncpool.Pool("postgresql://unused", name="c"),
-                                        namespace="app_db"))
+        registry.register(
+            PoolCollector(asyncpool.Pool("postgresql://unused", name="c"), namespace="app_db")
+        )
 
 
 def test_prometheus_buckets_are_cumulative():
@@ -340,8 +350,9 @@ def test_prometheus_buckets_are_cumulative():
 # ------------------------------------------------------------------ event hooks
 
 
-async def test_a_raising_event_hook_breaks_nothing(postgres_dsn: str,
-                                                   caplog: pytest.LogCaptureFixture):
+async def test_a_raising_event_hook_breaks_nothing(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+):
     seen: list[PoolEvent] = []
 
     def broken(event: PoolEvent) -> None:
@@ -361,9 +372,15 @@ async def test_a_raising_event_hook_breaks_nothing(postgres_dsn: str,
             assert pool.stats().in_use == 0
             assert pool.stats().idle == 1
     kinds = [e.kind for e in seen]
-    assert kinds == [EventKind.CONNECT, EventKind.ACQUIRE, EventKind.TIMEOUT,
-                     EventKind.RELEASE, EventKind.ACQUIRE, EventKind.RELEASE,
-                     EventKind.DISCARD]
+    assert kinds == [
+        EventKind.CONNECT,
+        EventKind.ACQUIRE,
+        EventKind.TIMEOUT,
+        EventKind.RELEASE,
+        EventKind.ACQUIRE,
+        EventKind.RELEASE,
+        EventKind.DISCARD,
+    ]
     assert all(e.pool == "hooks" for e in seen)
     timeout = seen[2]
     # uvloop's clock has millisecond resolution: allow one tick below the deadline.
@@ -402,7 +419,12 @@ async def test_timeout_message_pool_too_small(postgres_dsn: str):
         assert d["name"] == "small"
         assert HOLD <= float(d["waited"]) < 5
         assert (d["size"], d["max"], d["in_use"], d["idle"], d["connecting"]) == (
-            "1", "1", "1", "0", "0")
+            "1",
+            "1",
+            "1",
+            "0",
+            "0",
+        )
         assert d["waiting"] == "1"  # the other borrower, still queued
         assert float(d["oldest"]) >= float(d["waited"])  # held since before the wait
         assert d["cause"].startswith("the pool is at max_size=1 and every connection is busy")
@@ -411,11 +433,18 @@ async def test_timeout_message_pool_too_small(postgres_dsn: str):
         await pool.release(await waiter)
 
 
-async def test_timeout_message_and_warning_for_a_leak(postgres_dsn: str,
-                                                      caplog: pytest.LogCaptureFixture):
+async def test_timeout_message_and_warning_for_a_leak(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+):
     leaks: list[PoolEvent] = []
-    pool = asyncpool.Pool(postgres_dsn, min_size=1, max_size=1, name="leaky",
-                          leak_timeout=0.05, maintenance_interval=0.02)
+    pool = asyncpool.Pool(
+        postgres_dsn,
+        min_size=1,
+        max_size=1,
+        name="leaky",
+        leak_timeout=0.05,
+        maintenance_interval=0.02,
+    )
     pool.add_event_hook(lambda e: leaks.append(e) if e.kind is EventKind.LEAK else None)
     with asyncpool_logs(caplog) as records:
         async with opened(pool):
@@ -435,8 +464,9 @@ async def test_timeout_message_and_warning_for_a_leak(postgres_dsn: str,
     assert "test_timeout_message_and_warning_for_a_leak" in warning.message  # the stack
 
 
-async def test_timeout_message_when_new_connections_fail(postgres_dsn: str,
-                                                         caplog: pytest.LogCaptureFixture):
+async def test_timeout_message_when_new_connections_fail(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+):
     async with TcpProxy.from_dsn(postgres_dsn) as proxy:
         pool = asyncpool.Pool(proxy.dsn, min_size=1, max_size=2, name="failing")
         with asyncpool_logs(caplog) as records:
@@ -459,8 +489,9 @@ async def test_timeout_message_when_new_connections_fail(postgres_dsn: str,
         pool = asyncpool.Pool(proxy.dsn, min_size=0, max_size=2, name="down")
         with asyncpool_logs(caplog) as records:
             async with opened(pool):
-                with pytest.raises(asyncpool.DatabaseUnavailable,
-                                   match="'down': the database is unreachable"):
+                with pytest.raises(
+                    asyncpool.DatabaseUnavailable, match="'down': the database is unreachable"
+                ):
                     await pool.acquire(timeout=5)
         (error,) = [r for r in records if r.levelno == logging.ERROR]
         assert "the database is treated as down" in error.message
@@ -469,9 +500,9 @@ async def test_timeout_message_when_new_connections_fail(postgres_dsn: str,
 # ------------------------------------------------------------------ logging
 
 
-async def test_server_restart_logs_error_then_recovery(postgres_dsn: str,
-                                                       controllable_postgres: PostgresServer,
-                                                       caplog: pytest.LogCaptureFixture):
+async def test_server_restart_logs_error_then_recovery(
+    postgres_dsn: str, controllable_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+):
     pool = asyncpool.Pool(postgres_dsn, min_size=1, max_size=2, name="restart")
     with asyncpool_logs(caplog) as records:
         async with opened(pool):
@@ -484,16 +515,19 @@ async def test_server_restart_logs_error_then_recovery(postgres_dsn: str,
                 assert await conn.fetchval("SELECT 1") == 1
             assert pool.stats().connections_lost_total == 1
     levels = [(r.levelname, r.message) for r in records if r.levelno >= logging.WARNING]
-    assert levels[0] == ("WARNING", "asyncpool pool 'restart': lost 1 connection(s) (closed "
-                         "by the server or broken); replacing them")
+    assert levels[0] == (
+        "WARNING",
+        "asyncpool pool 'restart': lost 1 connection(s) (closed "
+        "by the server or broken); replacing them",
+    )
     assert levels[1][0] == "ERROR"
     assert "the database is treated as down" in levels[1][1]
     assert levels[-1] == ("WARNING", "asyncpool pool 'restart': the database is reachable again")
 
 
-async def test_quick_server_restart_is_logged(postgres_dsn: str,
-                                              controllable_postgres: PostgresServer,
-                                              caplog: pytest.LogCaptureFixture):
+async def test_quick_server_restart_is_logged(
+    postgres_dsn: str, controllable_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+):
     pool = asyncpool.Pool(postgres_dsn, min_size=2, max_size=2, name="quick-restart")
     with asyncpool_logs(caplog) as records:
         async with opened(pool):

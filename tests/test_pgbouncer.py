@@ -23,8 +23,9 @@ from asyncpool.testing._pgbouncer import PgBouncer, find_pgbouncer
 
 pytestmark = [
     pytest.mark.pgbouncer,
-    pytest.mark.skipif(find_pgbouncer() is None,
-                       reason="pgbouncer binary not found (apt-get install pgbouncer)"),
+    pytest.mark.skipif(
+        find_pgbouncer() is None, reason="pgbouncer binary not found (apt-get install pgbouncer)"
+    ),
 ]
 
 MODES = ("session", "transaction", "statement")
@@ -92,8 +93,9 @@ def pool_for(bouncer: PgBouncer, **kwargs: Any) -> asyncpool.Pool:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_queries_resets_and_pings_work(bouncers: dict[str, PgBouncer], schema: str,
-                                             mode: str) -> None:
+async def test_queries_resets_and_pings_work(
+    bouncers: dict[str, PgBouncer], schema: str, mode: str
+) -> None:
     """Parameterized queries, custom-type introspection, executemany, unnamed prepared
     statements, COPY, resets and health-check pings all work through PgBouncer.
     """
@@ -106,7 +108,10 @@ async def test_queries_resets_and_pings_work(bouncers: dict[str, PgBouncer], sch
                 assert await conn.fetchval("SELECT 'sad'::bouncer_mood") == "sad"
                 await conn.execute(
                     f"INSERT INTO {schema} (mode, mood, tags, doc) VALUES ($1, $2, $3, $4)",
-                    mode, "happy", ["a", "b"], '{"k": 1}',
+                    mode,
+                    "happy",
+                    ["a", "b"],
+                    '{"k": 1}',
                 )
                 await conn.executemany(
                     f"INSERT INTO {schema} (mode, mood) VALUES ($1, $2)",
@@ -118,8 +123,8 @@ async def test_queries_resets_and_pings_work(bouncers: dict[str, PgBouncer], sch
                     schema, records=[(mode, "sad")], columns=["mode", "mood"]
                 )
                 row = await conn.fetchrow(
-                    f"SELECT tags, doc FROM {schema} WHERE mode = $1 AND tags IS NOT NULL "
-                    "LIMIT 1", mode,
+                    f"SELECT tags, doc FROM {schema} WHERE mode = $1 AND tags IS NOT NULL LIMIT 1",
+                    mode,
                 )
                 assert row["tags"] == ["a", "b"]
         # A borrower that leaves a failed statement behind: the pool recovers.
@@ -135,8 +140,9 @@ async def test_queries_resets_and_pings_work(bouncers: dict[str, PgBouncer], sch
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_pgbouncer_is_visible_as_pid_mismatch(bouncers: dict[str, PgBouncer],
-                                                   postgres_dsn: str, mode: str) -> None:
+async def test_pgbouncer_is_visible_as_pid_mismatch(
+    bouncers: dict[str, PgBouncer], postgres_dsn: str, mode: str
+) -> None:
     """The proposed pooler detection: PgBouncer hands the client a made-up BackendKeyData,
     so the protocol-level PID differs from pg_backend_pid(); directly they are equal.
     """
@@ -170,10 +176,13 @@ async def test_session_mode_keeps_and_resets_session_state(
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT pg_backend_pid()") == pid
             assert await conn.fetchval("SHOW work_mem") != "7MB"
-            assert await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND pid = pg_backend_pid()"
-            ) == 0
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND pid = pg_backend_pid()"
+                )
+                == 0
+            )
             assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
         assert pool.stats().resets_total >= 1
 
@@ -209,8 +218,7 @@ async def test_shared_modes_refuse_session_features(
 
 
 @pytest.mark.parametrize("mode", SHARED)
-async def test_shared_modes_refuse_add_listener(bouncers: dict[str, PgBouncer],
-                                               mode: str) -> None:
+async def test_shared_modes_refuse_add_listener(bouncers: dict[str, PgBouncer], mode: str) -> None:
     async with pool_for(bouncers[mode]) as pool, pool.acquire() as conn:
         with pytest.raises(asyncpool.PoolUsageError, match="LISTEN"):
             await conn.add_listener("chan", lambda *args: None)
@@ -319,8 +327,9 @@ async def test_pool_recovers_after_pgbouncer_restart(postgres_server: PostgresIn
     """
     bouncer = _start(postgres_server, "transaction", default_pool_size=2)
     try:
-        async with pool_for(bouncer, min_size=2, max_size=2, ping_after_idle=0,
-                            reconnect_max_delay=0.1) as pool:
+        async with pool_for(
+            bouncer, min_size=2, max_size=2, ping_after_idle=0, reconnect_max_delay=0.1
+        ) as pool:
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT 1") == 1
             bouncer.kill()
@@ -353,8 +362,14 @@ async def test_budget_check_behind_pgbouncer_only_reports(
     """
     async with pool_for(bouncers["transaction"]) as pool, pool.acquire() as conn:
         with caplog.at_level(logging.WARNING, logger="asyncpool"):
-            report = await check_budget(conn, max_size=500, instances=10, policy="refuse",
-                                        pool_name="p", pooler="pgbouncer-transaction")
+            report = await check_budget(
+                conn,
+                max_size=500,
+                instances=10,
+                policy="refuse",
+                pool_name="p",
+                pooler="pgbouncer-transaction",
+            )
     assert report.ok
     assert report.max_connections > 0
     assert "pgbouncer-transaction" in report.message

@@ -32,8 +32,11 @@ async def settled(pool: asyncpool.Pool, timeout: float = 5.0) -> asyncpool.PoolS
 async def backends(dsn: str, app: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app
+            )
+        )
     finally:
         await conn.close()
 
@@ -71,12 +74,15 @@ async def test_pool_constructor_then_open(postgres_dsn: str) -> None:
 
 async def test_min_size_opened_at_start_and_growth_to_max(postgres_dsn: str) -> None:
     app = app_name()
-    async with asyncpool.create_pool(postgres_dsn, min_size=2, max_size=4,
-                                     server_settings={"application_name": app}) as pool:
+    async with asyncpool.create_pool(
+        postgres_dsn, min_size=2, max_size=4, server_settings={"application_name": app}
+    ) as pool:
         assert await backends(postgres_dsn, app) == 2
+
         async def hold() -> None:
             async with pool.acquire() as conn:
                 await conn.execute("SELECT pg_sleep(0.2)")
+
         await asyncio.gather(*(hold() for _ in range(6)))
         stats = await settled(pool)
         assert stats.size == 4 and stats.connections_opened_total == 4
@@ -161,9 +167,13 @@ async def test_next_borrower_gets_a_clean_session(postgres_dsn: str) -> None:
             assert conn.get_server_pid() == pid  # the same server session...
             assert await conn.fetchval("SHOW work_mem") != "77MB"  # ...but clean
             assert await conn.fetchval("SHOW application_name") != "dirty"
-            assert await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND pid = pg_backend_pid()") == 0
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND pid = pg_backend_pid()"
+                )
+                == 0
+            )
             assert await conn.fetchval("SELECT to_regclass('pg_temp.leftover')") is None
             assert await conn.fetchval("SELECT count(*) FROM pg_cursors WHERE name = 'held'") == 0
             assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
@@ -267,8 +277,14 @@ async def test_terminated_backend_is_discarded_on_release(postgres_dsn: str) -> 
             await killer.execute("SELECT pg_terminate_backend($1)", pid)
             # asyncpg reports the server's goodbye as a connection error, or, when the
             # goodbye is still being read, as an InternalClientError.
-            with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                                asyncpg.exceptions.InternalClientError, ConnectionError)):
+            with pytest.raises(
+                (
+                    asyncpg.PostgresConnectionError,
+                    asyncpg.InterfaceError,
+                    asyncpg.exceptions.InternalClientError,
+                    ConnectionError,
+                )
+            ):
                 await conn.fetchval("SELECT pg_sleep(0.05)")
             await asyncio.sleep(0.05)
         stats = pool.stats()
@@ -285,6 +301,7 @@ async def test_terminated_backend_is_discarded_on_release(postgres_dsn: str) -> 
 async def test_cancelled_query_does_not_poison_next_borrower(postgres_dsn: str) -> None:
     pool = await _same_conn_pool(postgres_dsn)
     try:
+
         async def slow() -> None:
             async with pool.acquire() as conn:
                 await conn.execute("SELECT pg_sleep(5)")
@@ -320,8 +337,9 @@ async def test_anyio_cancel_scope_never_leaks(postgres_dsn: str) -> None:
 
 async def test_close_waits_for_borrowers_then_terminates(postgres_dsn: str) -> None:
     app = app_name()
-    pool = await asyncpool.create_pool(postgres_dsn, min_size=2, max_size=2,
-                                       server_settings={"application_name": app})
+    pool = await asyncpool.create_pool(
+        postgres_dsn, min_size=2, max_size=2, server_settings={"application_name": app}
+    )
     conn = await pool.acquire()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -350,7 +368,8 @@ async def test_prepare_leaves_no_locks_on_an_idle_connection(postgres_dsn: str) 
         await settled(pool)
         locks = await observer.fetchval(
             "SELECT count(*) FROM pg_locks WHERE pid = $1 AND relation = 'prep_probe'::regclass",
-            pid)
+            pid,
+        )
         assert locks == 0
         await observer.execute("SET lock_timeout = '1s'")
         await observer.execute("ALTER TABLE prep_probe ADD COLUMN IF NOT EXISTS b int")
@@ -384,6 +403,7 @@ async def test_callbacks_registered_by_a_borrower_are_removed(postgres_dsn: str)
 async def test_cancelled_borrow_is_reset(postgres_dsn: str) -> None:
     pool = await _same_conn_pool(postgres_dsn)
     try:
+
         async def borrower() -> None:
             async with pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")

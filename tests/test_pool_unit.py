@@ -61,8 +61,9 @@ def test_defaults_are_finite_and_sensible() -> None:
 # -------------------------------------------------------------- basic lending
 
 
-async def test_acquire_release_reuses_idle_connection(make_fake_pool: Any,
-                                                      fake_server: FakeServer) -> None:
+async def test_acquire_release_reuses_idle_connection(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=2)
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT 1") == 1
@@ -89,8 +90,9 @@ async def test_released_connection_refuses_use(make_fake_pool: Any) -> None:
     assert conn.is_released
 
 
-async def test_hot_path_creates_no_task_timer_or_query(make_fake_pool: Any,
-                                                       fake_server: FakeServer) -> None:
+async def test_hot_path_creates_no_task_timer_or_query(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
     loop = asyncio.get_running_loop()
     created: list[Any] = []
@@ -121,8 +123,9 @@ async def test_hot_path_creates_no_task_timer_or_query(make_fake_pool: Any,
     assert pool.stats().resets_skipped_total == 400
 
 
-async def test_counters_the_hot_path_leaves_to_stats(make_fake_pool: Any,
-                                                    fake_server: FakeServer) -> None:
+async def test_counters_the_hot_path_leaves_to_stats(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     """acquired_total, released_total, resets_skipped_total and the immediate lends in
     wait_time are derived in stats() (the hot path counts nothing for them): they stay
     exact across waits, resets, retired and replaced connections and pop_stats()."""
@@ -176,8 +179,22 @@ async def test_time_histograms_file_durations_by_the_bounds(
     # (A deadline far beyond the loop's real clock: this test's clock starts at 0.)
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1, acquire_timeout=1e9)
     pool._clock = lambda: now[0]  # (uvloop's pools read the loop's clock)
-    durations = [0.0, 0.00005, 0.0001, 0.00010001, 0.0004, 0.0005, 0.00050001, 0.0009,
-                 0.001, 0.0010001, 0.004, 0.3, 10.0, 31.0]
+    durations = [
+        0.0,
+        0.00005,
+        0.0001,
+        0.00010001,
+        0.0004,
+        0.0005,
+        0.00050001,
+        0.0009,
+        0.001,
+        0.0010001,
+        0.004,
+        0.3,
+        10.0,
+        31.0,
+    ]
     for d in durations:
         now[0] = 0.0
         holder = await pool.acquire()  # immediate: a zero wait
@@ -301,8 +318,7 @@ async def test_default_deadlines_behind_a_longer_timeout(make_fake_pool: Any) ->
         return "served"
 
     tasks = []
-    for name, timeout in (("long", 5.0), ("default1", None), ("short", 0.05),
-                          ("default2", None)):
+    for name, timeout in (("long", 5.0), ("default1", None), ("short", 0.05), ("default2", None)):
         tasks.append(asyncio.create_task(waiter(name, timeout)))
         await settle()
     await asyncio.sleep(0.1)
@@ -483,8 +499,9 @@ async def test_reset_none_replaces_a_connection_left_in_transaction(
     check_invariants(pool)
 
 
-async def test_reset_callable_runs_after_rollback(make_fake_pool: Any,
-                                                  fake_server: FakeServer) -> None:
+async def test_reset_callable_runs_after_rollback(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     seen: list[Any] = []
 
     async def my_reset(raw: Any) -> None:
@@ -497,8 +514,9 @@ async def test_reset_callable_runs_after_rollback(make_fake_pool: Any,
     assert seen == [(fake_server.connections[0], False)]
 
 
-async def test_failing_reset_discards_connection(make_fake_pool: Any,
-                                                 fake_server: FakeServer) -> None:
+async def test_failing_reset_discards_connection(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1, reset_timeout=0.05)
     async with pool.acquire() as conn:
         await conn.execute("BEGIN")
@@ -513,8 +531,9 @@ async def test_failing_reset_discards_connection(make_fake_pool: Any,
 # ------------------------------------------------------------ broken connections
 
 
-async def test_broken_connection_is_discarded_on_release(make_fake_pool: Any,
-                                                         fake_server: FakeServer) -> None:
+async def test_broken_connection_is_discarded_on_release(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
     async with pool.acquire() as conn:
         conn.raw_connection.closed = True
@@ -608,8 +627,9 @@ async def test_close_is_idempotent_and_concurrent(make_fake_pool: Any) -> None:
     assert pool.closed
 
 
-async def test_cancelled_close_still_terminates(make_fake_pool: Any,
-                                                fake_server: FakeServer) -> None:
+async def test_cancelled_close_still_terminates(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1)
     holder = await pool.acquire()
     closing = asyncio.create_task(pool.close(timeout=10))
@@ -624,10 +644,16 @@ async def test_cancelled_close_still_terminates(make_fake_pool: Any,
 # -------------------------------------------------------- connects and outages
 
 
-async def test_database_down_fails_fast_and_recovers(make_fake_pool: Any,
-                                                     fake_server: FakeServer) -> None:
-    pool = await open_pool(make_fake_pool, min_size=0, max_size=2,
-                           reconnect_initial_delay=0.01, reconnect_max_delay=0.02)
+async def test_database_down_fails_fast_and_recovers(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
+    pool = await open_pool(
+        make_fake_pool,
+        min_size=0,
+        max_size=2,
+        reconnect_initial_delay=0.01,
+        reconnect_max_delay=0.02,
+    )
     fake_server.fail_with = ConnectionRefusedError("refused")
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -649,8 +675,7 @@ async def test_database_down_fails_fast_and_recovers(make_fake_pool: Any,
     check_invariants(pool)
 
 
-async def test_open_raises_the_connect_error(make_fake_pool: Any,
-                                             fake_server: FakeServer) -> None:
+async def test_open_raises_the_connect_error(make_fake_pool: Any, fake_server: FakeServer) -> None:
     fake_server.fail_with = ConnectionRefusedError("nobody home")
     pool = make_fake_pool(min_size=2)
     with pytest.raises(ConnectionRefusedError, match="nobody home"):
@@ -658,8 +683,9 @@ async def test_open_raises_the_connect_error(make_fake_pool: Any,
     assert pool.closed and pool.stats().size == 0
 
 
-async def test_failing_init_discards_connection_not_pool(make_fake_pool: Any,
-                                                         fake_server: FakeServer) -> None:
+async def test_failing_init_discards_connection_not_pool(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     calls = 0
 
     async def init(conn: Any) -> None:
@@ -668,8 +694,9 @@ async def test_failing_init_discards_connection_not_pool(make_fake_pool: Any,
         if calls == 2:
             raise RuntimeError("init broke")
 
-    pool = await open_pool(make_fake_pool, min_size=1, max_size=2, init=init,
-                           reconnect_initial_delay=0.001)
+    pool = await open_pool(
+        make_fake_pool, min_size=1, max_size=2, init=init, reconnect_initial_delay=0.001
+    )
     holder = await pool.acquire()
     async with pool.acquire(timeout=2) as conn:  # second connect's init fails, third works
         assert conn.raw_connection is fake_server.connections[2]
@@ -679,8 +706,9 @@ async def test_failing_init_discards_connection_not_pool(make_fake_pool: Any,
     check_invariants(pool)
 
 
-async def test_growth_only_while_borrowers_wait(make_fake_pool: Any,
-                                                fake_server: FakeServer) -> None:
+async def test_growth_only_while_borrowers_wait(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     pool = await open_pool(make_fake_pool, min_size=1, max_size=5)
     assert fake_server.opened == 1
     conns = [await pool.acquire() for _ in range(3)]
@@ -705,8 +733,9 @@ async def test_max_uses_retires_on_return(make_fake_pool: Any, fake_server: Fake
         assert conn.raw_connection is fake_server.connections[1]
 
 
-async def test_expire_retires_idle_now_and_busy_on_return(make_fake_pool: Any,
-                                                          fake_server: FakeServer) -> None:
+async def test_expire_retires_idle_now_and_busy_on_return(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
     pool = await open_pool(make_fake_pool, min_size=2, max_size=2)
     busy = await pool.acquire()
     idle_conn = next(c for c in fake_server.connections if c is not busy.raw_connection)
@@ -734,10 +763,12 @@ async def test_resize(make_fake_pool: Any, fake_server: FakeServer) -> None:
     check_invariants(pool)
 
 
-async def test_leak_timeout_warns_with_stack(make_fake_pool: Any,
-                                             caplog: pytest.LogCaptureFixture) -> None:
-    pool = await open_pool(make_fake_pool, min_size=1, max_size=1, leak_timeout=0.01,
-                           maintenance_interval=0.01)
+async def test_leak_timeout_warns_with_stack(
+    make_fake_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = await open_pool(
+        make_fake_pool, min_size=1, max_size=1, leak_timeout=0.01, maintenance_interval=0.01
+    )
     caplog.set_level(logging.WARNING, logger="asyncpool")
     async with pool.acquire():
         await asyncio.sleep(0.1)

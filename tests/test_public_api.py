@@ -38,8 +38,15 @@ def test_public_classes_report_the_package_module() -> None:
 
 
 def test_error_tree() -> None:
-    for name in ("PoolTimeout", "PoolClosed", "TooManyWaiters", "ConnectionReleasedError",
-                 "DatabaseUnavailable", "PoolUsageError", "ConnectionBudgetExceeded"):
+    for name in (
+        "PoolTimeout",
+        "PoolClosed",
+        "TooManyWaiters",
+        "ConnectionReleasedError",
+        "DatabaseUnavailable",
+        "PoolUsageError",
+        "ConnectionBudgetExceeded",
+    ):
         assert issubclass(getattr(asyncpool, name), asyncpool.PoolError), name
     assert issubclass(asyncpool.PoolTimeout, TimeoutError)
     assert issubclass(asyncpool.PoolUsageError, RuntimeError)

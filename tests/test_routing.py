@@ -153,8 +153,11 @@ async def test_no_fallback_raises_database_unavailable(
             except asyncpool.DatabaseUnavailable as exc:
                 error = exc
                 break
-            except (asyncpg.exceptions.PostgresConnectionError,
-                    asyncpg.exceptions.InterfaceError, ConnectionError):
+            except (
+                asyncpg.exceptions.PostgresConnectionError,
+                asyncpg.exceptions.InterfaceError,
+                ConnectionError,
+            ):
                 continue
         assert error is not None
         assert "no replica is up" in str(error)

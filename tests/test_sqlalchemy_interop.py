@@ -67,10 +67,15 @@ async def engine(pool: asyncpool.Pool) -> AsyncIterator[AsyncEngine]:
 async def test_orm_runs_on_pooled_connections(pool: asyncpool.Pool, engine: AsyncEngine):
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session, session.begin():
-        session.add(Team(name="core", members=[
-            Member(name="ada", profile={"langs": ["python", "sql"]}),
-            Member(name="bob", profile={"langs": []}),
-        ]))
+        session.add(
+            Team(
+                name="core",
+                members=[
+                    Member(name="ada", profile={"langs": ["python", "sql"]}),
+                    Member(name="bob", profile={"langs": []}),
+                ],
+            )
+        )
     async with sessions() as session:
         team = (await session.execute(select(Team).where(Team.name == "core"))).scalar_one()
         assert sorted(m.name for m in team.members) == ["ada", "bob"]
@@ -85,8 +90,9 @@ async def test_orm_runs_on_pooled_connections(pool: asyncpool.Pool, engine: Asyn
     assert stats.connections_opened_total == stats.size <= 2
 
 
-async def test_errors_roll_back_and_connections_come_back(pool: asyncpool.Pool,
-                                                          engine: AsyncEngine):
+async def test_errors_roll_back_and_connections_come_back(
+    pool: asyncpool.Pool, engine: AsyncEngine
+):
     sessions = async_sessionmaker(engine)
     async with sessions() as session, session.begin():
         session.add(Team(id=1, name="a"))
@@ -112,8 +118,7 @@ async def test_errors_roll_back_and_connections_come_back(pool: asyncpool.Pool,
         assert await conn.fetch("SELECT id FROM sa_interop_teams ORDER BY id") == [(1,)]
 
 
-async def test_concurrent_sessions_share_the_pool_limit(pool: asyncpool.Pool,
-                                                        engine: AsyncEngine):
+async def test_concurrent_sessions_share_the_pool_limit(pool: asyncpool.Pool, engine: AsyncEngine):
     sessions = async_sessionmaker(engine)
     peak = 0
 
@@ -147,7 +152,8 @@ async def test_codecs_installed_once_per_server_connection(
     pool.resize(max_size=1)
     pool.expire()  # start from a new server connection
     every_time = create_async_engine(
-        "postgresql+asyncpg://", poolclass=NullPool,
+        "postgresql+asyncpg://",
+        poolclass=NullPool,
         async_creator=sqlalchemy_orm.AsyncpoolCreator(pool, install_codecs_once=False),
     )
     for eng in (engine, engine, engine, every_time, every_time):

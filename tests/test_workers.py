@@ -105,8 +105,10 @@ async def test_pool_opened_before_fork_refuses_in_child(postgres_dsn: str):
                     except asyncpool.PoolUsageError as exc:
                         refused = str(exc)
                     # The fix: a new pool in the child works.
-                    async with asyncpool.create_pool(postgres_dsn, min_size=1) as own, \
-                            own.acquire() as own_conn:
+                    async with (
+                        asyncpool.create_pool(postgres_dsn, min_size=1) as own,
+                        own.acquire() as own_conn,
+                    ):
                         value = await own_conn.fetchval("SELECT 41 + 1")
                     return f"refused: {refused} | own pool: {value}"
 
@@ -152,9 +154,10 @@ async def test_sigterm_drains_jobs_and_closes_connections(postgres_dsn: str):
         context = multiprocessing.get_context("spawn")
         claimed = [context.Event() for _ in range(processes_n)]
         procs = [
-            context.Process(target=workers.worker_process,
-                            args=(postgres_dsn, f"{prefix}-{i}", table, pool_size, 0.3, False,
-                                  claimed[i]))
+            context.Process(
+                target=workers.worker_process,
+                args=(postgres_dsn, f"{prefix}-{i}", table, pool_size, 0.3, False, claimed[i]),
+            )
             for i in range(processes_n)
         ]
         for proc in procs:
@@ -179,8 +182,9 @@ async def test_sigterm_drains_jobs_and_closes_connections(postgres_dsn: str):
                     proc.join()
 
         # In-flight jobs were finished, not abandoned; nothing ran twice; jobs remain.
-        done = {r["id"] for r in await admin.fetch(
-            f"SELECT id FROM {table} WHERE done_at IS NOT NULL")}
+        done = {
+            r["id"] for r in await admin.fetch(f"SELECT id FROM {table} WHERE done_at IS NOT NULL")
+        }
         assert in_flight <= done
         assert len(done) < n_jobs, "SIGTERM stopped the workers before the queue was empty"
         await assert_exactly_once(admin, table)
@@ -199,9 +203,12 @@ async def test_sigterm_drains_jobs_and_closes_connections(postgres_dsn: str):
 
 def run_until_empty(workers: Any, dsn: str, table: str, prefix: str) -> None:
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=workers.worker_process,
-                             args=(dsn, f"{prefix}-late-{i}", table, 2, 0.0, True))
-             for i in range(2)]
+    procs = [
+        context.Process(
+            target=workers.worker_process, args=(dsn, f"{prefix}-late-{i}", table, 2, 0.0, True)
+        )
+        for i in range(2)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -211,18 +218,25 @@ def run_until_empty(workers: Any, dsn: str, table: str, prefix: str) -> None:
 
 async def sessions_abandoned(admin: asyncpg.Connection) -> int:
     """Sessions of this database that ended without the client's Terminate message."""
-    return int(await admin.fetchval(
-        "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()"
-    ))
+    return int(
+        await admin.fetchval(
+            "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()"
+        )
+    )
 
 
 async def locked_jobs(admin: asyncpg.Connection, table: str) -> set[int]:
     """Jobs whose rows a worker holds locked right now (claimed, not yet committed)."""
     async with admin.transaction():
-        pending = {r["id"] for r in await admin.fetch(
-            f"SELECT id FROM {table} WHERE done_at IS NULL")}
-        free = {r["id"] for r in await admin.fetch(
-            f"SELECT id FROM {table} WHERE done_at IS NULL FOR UPDATE SKIP LOCKED")}
+        pending = {
+            r["id"] for r in await admin.fetch(f"SELECT id FROM {table} WHERE done_at IS NULL")
+        }
+        free = {
+            r["id"]
+            for r in await admin.fetch(
+                f"SELECT id FROM {table} WHERE done_at IS NULL FOR UPDATE SKIP LOCKED"
+            )
+        }
         # The transaction ends here (commit of a read-only transaction): locks released.
     return pending - free
 
@@ -258,7 +272,8 @@ async def test_abandoned_sessions_are_counted(postgres_dsn: str):
     try:
         before = await sessions_abandoned(admin)
         holder = await asyncio.create_subprocess_exec(
-            sys.executable, "-c",
+            sys.executable,
+            "-c",
             "import asyncio, sys, asyncpg\n"
             "async def main():\n"
             "    conn = await asyncpg.connect(sys.argv[1])\n"
@@ -266,7 +281,8 @@ async def test_abandoned_sessions_are_counted(postgres_dsn: str):
             "    await asyncio.sleep(60)\n"
             "    await conn.close()\n"
             "asyncio.run(main())\n",
-            postgres_dsn, stdout=asyncio.subprocess.PIPE,
+            postgres_dsn,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert holder.stdout is not None
         assert await asyncio.wait_for(holder.stdout.readline(), 20) == b"connected\n"

@@ -144,8 +144,7 @@ def transaction_dependency(
         conn: Annotated[PooledConnection, _depends(conn_dependency)],
     ) -> AsyncIterator[PooledConnection]:
         """Run this request in a transaction on its connection."""
-        async with conn.transaction(isolation=isolation, readonly=readonly,
-                                    deferrable=deferrable):
+        async with conn.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable):
             yield conn
 
     return transaction
@@ -181,15 +180,21 @@ def health_router(
     """
     router = APIRouter()
     router.add_api_route(
-        live_path, liveness_endpoint(state_key=state_key), methods=["GET"],
-        response_class=JSONResponse, include_in_schema=include_in_schema,
+        live_path,
+        liveness_endpoint(state_key=state_key),
+        methods=["GET"],
+        response_class=JSONResponse,
+        include_in_schema=include_in_schema,
         name="asyncpool_liveness",
     )
     router.add_api_route(
         ready_path,
-        readiness_endpoint(state_key=state_key, timeout=timeout,
-                           saturated_is_ready=saturated_is_ready),
-        methods=["GET"], response_class=JSONResponse, include_in_schema=include_in_schema,
+        readiness_endpoint(
+            state_key=state_key, timeout=timeout, saturated_is_ready=saturated_is_ready
+        ),
+        methods=["GET"],
+        response_class=JSONResponse,
+        include_in_schema=include_in_schema,
         name="asyncpool_readiness",
         responses={503: {"description": "Not ready (see the JSON body's status)"}},
     )

@@ -69,43 +69,57 @@ class _Instruments:
         # reader's thread: readers iterate over a tuple copy.
         self.handles: tuple[OtelInstrumentation, ...] = ()
         meter.create_observable_up_down_counter(
-            "db.client.connection.count", [self._observe_count], _CONNECTION,
+            "db.client.connection.count",
+            [self._observe_count],
+            _CONNECTION,
             "The number of connections that are currently in state described by the "
             "`state` attribute.",
         )
         meter.create_observable_up_down_counter(
-            "db.client.connection.max", [self._observe_max], _CONNECTION,
+            "db.client.connection.max",
+            [self._observe_max],
+            _CONNECTION,
             "The maximum number of open connections allowed.",
         )
         meter.create_observable_up_down_counter(
-            "db.client.connection.idle.max", [self._observe_idle_max], _CONNECTION,
+            "db.client.connection.idle.max",
+            [self._observe_idle_max],
+            _CONNECTION,
             "The maximum number of idle open connections allowed.",
         )
         meter.create_observable_up_down_counter(
-            "db.client.connection.idle.min", [self._observe_idle_min], _CONNECTION,
+            "db.client.connection.idle.min",
+            [self._observe_idle_min],
+            _CONNECTION,
             "The minimum number of idle open connections allowed.",
         )
         meter.create_observable_up_down_counter(
-            "db.client.connection.pending_requests", [self._observe_pending], "{request}",
+            "db.client.connection.pending_requests",
+            [self._observe_pending],
+            "{request}",
             "The number of current pending requests for an open connection.",
         )
         self.timeouts = meter.create_counter(
-            "db.client.connection.timeouts", "{timeout}",
+            "db.client.connection.timeouts",
+            "{timeout}",
             "The number of connection timeouts that have occurred trying to obtain a "
             "connection from the pool.",
         )
         self.create_time = meter.create_histogram(
-            "db.client.connection.create_time", "s",
+            "db.client.connection.create_time",
+            "s",
             "The time it took to create a new connection.",
             explicit_bucket_boundaries_advisory=HISTOGRAM_BOUNDS,
         )
         self.wait_time = meter.create_histogram(
-            "db.client.connection.wait_time", "s",
+            "db.client.connection.wait_time",
+            "s",
             "The time it took to obtain an open connection from the pool.",
             explicit_bucket_boundaries_advisory=HISTOGRAM_BOUNDS,
         )
         self.use_time = meter.create_histogram(
-            "db.client.connection.use_time", "s",
+            "db.client.connection.use_time",
+            "s",
             "The time between borrowing a connection and returning it to the pool.",
             explicit_bucket_boundaries_advisory=HISTOGRAM_BOUNDS,
         )
@@ -163,9 +177,7 @@ class _Instruments:
 
 
 _lock = threading.Lock()
-_by_provider: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = (
-    weakref.WeakKeyDictionary()
-)
+_by_provider: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
 _global: _Instruments | None = None
 
 

@@ -59,13 +59,13 @@ _COUNTER_HELP = {
     "timeouts_total": "Acquires that gave up at their deadline (PoolTimeout).",
     "cancelled_total": "Acquires cancelled while waiting.",
     "too_many_waiters_total": "Acquires refused because max_waiting borrowers already "
-                              "waited (TooManyWaiters).",
+    "waited (TooManyWaiters).",
     "unavailable_total": "Acquires failed because the database was unreachable "
-                         "(DatabaseUnavailable).",
+    "(DatabaseUnavailable).",
     "connections_opened_total": "Connections opened.",
     "connections_closed_total": "Connections closed, for any reason.",
     "connections_lost_total": "Connections found broken (server restart, network cut, "
-                              "failed check or reset).",
+    "failed check or reset).",
     "connect_errors_total": "Failed attempts to open a connection.",
     "resets_total": "Returned connections reset with a query.",
     "resets_skipped_total": "Returned connections that needed no reset query.",
@@ -75,15 +75,12 @@ _COUNTER_HELP = {
 }
 
 _HISTOGRAMS = (
-    ("wait_time", "wait_seconds", "Time borrowers waited for a connection (successful "
-                                  "acquires)."),
+    ("wait_time", "wait_seconds", "Time borrowers waited for a connection (successful acquires)."),
     ("use_time", "use_seconds", "Time connections were held by borrowers."),
     ("connect_time", "connect_seconds", "Time taken to open a new connection."),
 )
 
-_COUNTERS = tuple(
-    f.name for f in dataclasses.fields(PoolStats) if f.name.endswith("_total")
-)
+_COUNTERS = tuple(f.name for f in dataclasses.fields(PoolStats) if f.name.endswith("_total"))
 
 
 def _cumulative_buckets(summary: TimeSummary) -> list[tuple[str, float]]:
@@ -123,23 +120,32 @@ class PoolCollector:
 
     def _families(
         self,
-    ) -> tuple[GaugeMetricFamily, list[GaugeMetricFamily], list[CounterMetricFamily],
-               list[HistogramMetricFamily]]:
+    ) -> tuple[
+        GaugeMetricFamily,
+        list[GaugeMetricFamily],
+        list[CounterMetricFamily],
+        list[HistogramMetricFamily],
+    ]:
         ns = self._namespace
         labels = ["pool"]
         connections = GaugeMetricFamily(
-            f"{ns}_connections", "Connections of the pool, by slot state.",
+            f"{ns}_connections",
+            "Connections of the pool, by slot state.",
             labels=["pool", "state"],
         )
         gauges = [
             GaugeMetricFamily(f"{ns}_connections_max", "The pool's max_size.", labels=labels),
             GaugeMetricFamily(f"{ns}_connections_min", "The pool's min_size.", labels=labels),
-            GaugeMetricFamily(f"{ns}_waiting", "Borrowers waiting for a connection now.",
-                              labels=labels),
+            GaugeMetricFamily(
+                f"{ns}_waiting", "Borrowers waiting for a connection now.", labels=labels
+            ),
         ]
         counters = [
-            CounterMetricFamily(f"{ns}_{field.removesuffix('_total')}",
-                                _COUNTER_HELP.get(field, field), labels=labels)
+            CounterMetricFamily(
+                f"{ns}_{field.removesuffix('_total')}",
+                _COUNTER_HELP.get(field, field),
+                labels=labels,
+            )
             for field in _COUNTERS
         ]
         histograms = [

@@ -80,8 +80,9 @@ class SQLAlchemyConnection:
         """True once released, or when the server connection is closed."""
         return self._conn.is_released or self._conn.is_closed()
 
-    async def set_type_codec(self, typename: str, *, schema: str = "public",
-                             format: str = "text", **kwargs: Any) -> None:
+    async def set_type_codec(
+        self, typename: str, *, schema: str = "public", format: str = "text", **kwargs: Any
+    ) -> None:
         """Install a codec, once per server connection (SQLAlchemy asks at each checkout)."""
         key = (typename, schema, format)
         done = None
@@ -104,12 +105,18 @@ class AsyncpoolCreator:
     Use it with ``poolclass=NullPool``, so that SQLAlchemy keeps no connection itself.
     """
 
-    def __init__(self, pool: asyncpool.Pool, *, timeout: float | None = None,
-                 install_codecs_once: bool = True) -> None:
+    def __init__(
+        self,
+        pool: asyncpool.Pool,
+        *,
+        timeout: float | None = None,
+        install_codecs_once: bool = True,
+    ) -> None:
         self.pool = pool
         self.timeout = timeout
-        self._codecs: _CodecMemo | None = weakref.WeakKeyDictionary() if install_codecs_once \
-            else None
+        self._codecs: _CodecMemo | None = (
+            weakref.WeakKeyDictionary() if install_codecs_once else None
+        )
 
     async def __call__(self) -> SQLAlchemyConnection:
         """Borrow a connection for SQLAlchemy."""
@@ -119,7 +126,9 @@ class AsyncpoolCreator:
 
 def engine_for(pool: asyncpool.Pool, **engine_kwargs: Any) -> AsyncEngine:
     """An ``AsyncEngine`` whose every connection comes from ``pool``."""
-    return create_async_engine("postgresql+asyncpg://", async_creator=AsyncpoolCreator(pool),
-                               poolclass=NullPool, **engine_kwargs)
-
-
+    return create_async_engine(
+        "postgresql+asyncpg://",
+        async_creator=AsyncpoolCreator(pool),
+        poolclass=NullPool,
+        **engine_kwargs,
+    )

@@ -90,12 +90,16 @@ async def _start_pool(dsn: str | None, degraded_ok: bool, pool_kwargs: dict[str,
             raise DatabaseUnavailable(
                 f"asyncpool pool {pool.name!r} could not open its first connection at "
                 f"start-up: {exc!r}. Check the DSN and that the database is reachable, or "
-                "pass degraded_ok=True to start without the database", exc,
+                "pass degraded_ok=True to start without the database",
+                exc,
             ) from exc
         min_size = pool.config.min_size
         logger.warning(
             "asyncpool pool %r: the database is unreachable at start-up (%r); starting "
-            "degraded, opening %d connection(s) in the background", pool.name, exc, min_size,
+            "degraded, opening %d connection(s) in the background",
+            pool.name,
+            exc,
+            min_size,
         )
         # A pool opens only once; the new one opens with nothing to connect, then
         # resize() starts the background connects (retried with backoff).
@@ -392,8 +396,11 @@ class CancelOnDisconnect:
                 if message["type"] == "http.disconnect":
                     disconnected = True
                     if not complete and handler.cancel("the client disconnected"):
-                        logger.info("asyncpool: client disconnected from %s %s; handler "
-                                    "cancelled", scope.get("method"), scope.get("path"))
+                        logger.info(
+                            "asyncpool: client disconnected from %s %s; handler cancelled",
+                            scope.get("method"),
+                            scope.get("path"),
+                        )
                     await inbox.put(message)
                     return
                 await inbox.put(message)

@@ -38,8 +38,11 @@ def per_process_size(total_budget: int, processes: int, *, reserve: int = 0) -> 
     cannot give every process at least one connection (use fewer processes or a
     bigger budget, e.g. with PgBouncer in front of the server).
     """
-    for name, value in (("total_budget", total_budget), ("processes", processes),
-                        ("reserve", reserve)):
+    for name, value in (
+        ("total_budget", total_budget),
+        ("processes", processes),
+        ("reserve", reserve),
+    ):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer, got {value!r}")
     if processes < 1:

@@ -142,8 +142,9 @@ class PgBouncer:
             startup_timeout: seconds to wait for PgBouncer to accept connections.
         """
         if pool_mode not in _POOL_MODES:
-            raise ValueError(f"pool_mode must be one of {', '.join(_POOL_MODES)}, "
-                             f"got {pool_mode!r}")
+            raise ValueError(
+                f"pool_mode must be one of {', '.join(_POOL_MODES)}, got {pool_mode!r}"
+            )
         if not users:
             raise ValueError("users must name at least one user")
         self._server_host = server_host
@@ -311,8 +312,10 @@ class PgBouncer:
                 sig = signal.SIGINT
             else:
                 version = self.version
-                sig = signal.SIGQUIT if version is not None and version >= (1, 23) else (
-                    signal.SIGTERM
+                sig = (
+                    signal.SIGQUIT
+                    if version is not None and version >= (1, 23)
+                    else (signal.SIGTERM)
                 )
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
@@ -372,8 +375,10 @@ class PgBouncer:
     def __repr__(self) -> str:
         port = self._port if self._port is not None else "-"
         state = "running" if self.is_running else "stopped"
-        return (f"<PgBouncer {self._host}:{port} -> {self._server_host}:{self._server_port} "
-                f"{self._pool_mode} pool_size={self._default_pool_size} {state}>")
+        return (
+            f"<PgBouncer {self._host}:{port} -> {self._server_host}:{self._server_port} "
+            f"{self._pool_mode} pool_size={self._default_pool_size} {state}>"
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -420,8 +425,7 @@ class PgBouncer:
         env["LC_ALL"] = "C"
         kwargs: dict[str, object] = {}
         if self._run_as is not None:
-            kwargs = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid,
-                      "extra_groups": []}
+            kwargs = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
             env["HOME"] = str(self.base_dir)
         proc = subprocess.Popen(
             [binary, str(self.base_dir / "pgbouncer.ini")],
@@ -451,8 +455,15 @@ class PgBouncer:
             return
         self._stop_watchdog()
         self._watchdog = subprocess.Popen(
-            [sh, "-c", _WATCHDOG_SCRIPT, "asyncpool-pgbouncer-watchdog",
-             str(os.getpid()), str(child), str(self._base)],
+            [
+                sh,
+                "-c",
+                _WATCHDOG_SCRIPT,
+                "asyncpool-pgbouncer-watchdog",
+                str(os.getpid()),
+                str(child),
+                str(self._base),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -63,8 +63,9 @@ class LiveSet(Generic[T]):
                 self._stop(item)
 
 
-def query_sync(dsn: str, sql: str, *, method: Literal["execute", "fetchval"] = "execute",
-               timeout: float = 10.0) -> Any:
+def query_sync(
+    dsn: str, sql: str, *, method: Literal["execute", "fetchval"] = "execute", timeout: float = 10.0
+) -> Any:
     """Run one statement on a fresh connection from synchronous code; it runs on a helper
     thread with its own loop, so it also works while the caller's loop is running.
     """

@@ -68,8 +68,10 @@ class ReplicaServer(PostgresServer):
         deadline = time.monotonic() + timeout
         while _fetch_sync(self.dsn, "SELECT pg_is_in_recovery()"):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"replica on port {self.port} still in recovery after "
-                                   f"{timeout}s\n{self._log_tail()}")
+                raise RuntimeError(
+                    f"replica on port {self.port} still in recovery after "
+                    f"{timeout}s\n{self._log_tail()}"
+                )
             time.sleep(0.05)
 
     def _run(self, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -81,12 +83,18 @@ class ReplicaServer(PostgresServer):
             data_dir = args[args.index("-D") + 1]
             args = [
                 str(Path(args[0]).with_name("pg_basebackup")),
-                "-D", data_dir,
-                "-h", self._primary.host,
-                "-p", str(self._primary.port),
-                "-U", self._primary.user,
-                "-X", "stream",
-                "-c", "fast",
+                "-D",
+                data_dir,
+                "-h",
+                self._primary.host,
+                "-p",
+                str(self._primary.port),
+                "-U",
+                self._primary.user,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
                 "-R",
                 "--no-sync",
             ]
@@ -154,8 +162,10 @@ class ReplicatedPostgres:
         asyncpg's syntax: ``postgresql://user@host1:port1,host2:port2/db?target_session_attrs=...``.
         """
         p, r = self.primary, self.replica
-        return (f"postgresql://{p.user}@{p.host}:{p.port},{r.host}:{r.port}/{p.database}"
-                f"?target_session_attrs={target_session_attrs}")
+        return (
+            f"postgresql://{p.user}@{p.host}:{p.port},{r.host}:{r.port}/{p.database}"
+            f"?target_session_attrs={target_session_attrs}"
+        )
 
     def close(self) -> None:
         """Stop both servers and remove their directories; safe to call twice."""
