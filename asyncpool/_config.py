@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-__all__ = ("POOLERS", "RESET_MODES", "ConnectArgs", "PoolConfig", "Pooler", "ResetMode")
+__all__ = (
+    "POOLERS",
+    "RESET_MODES",
+    "ConnectArgs",
+    "PoolConfig",
+    "Pooler",
+    "ResetMode",
+    "check_acquire_timeout",
+    "check_seconds",
+    "redact_dsn",
+    "redact_kwargs",
+    "server_label",
+    "unknown_keywords",
+)
 
 ResetMode = Literal["auto", "full", "rollback", "none"]
 RESET_MODES: tuple[str, ...] = ("auto", "full", "rollback", "none")
@@ -20,15 +36,62 @@ POOLERS: tuple[str, ...] = ("pgbouncer-session", "pgbouncer-transaction", "pgbou
 ConnectArgs = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 
 
-def _non_negative(name: str, value: float | None, *, allow_none: bool = True) -> None:
+def check_seconds(
+    name: str, value: object, *, none_ok: bool = True, inf_ok: bool = True
+) -> float | None:
+    """Validate a duration setting or argument and return it as a float (or None).
+
+    Raises :class:`TypeError` for a bool or a non-number, :class:`ValueError` for NaN,
+    a negative value, or infinity where ``inf_ok`` is false (a duration that reaches the
+    event loop's timer heap must be finite). Pure: no I/O, no clock.
+    """
     if value is None:
-        if not allow_none:
-            raise ValueError(f"{name} must be a number of seconds, not None")
-        return
+        if none_ok:
+            return None
+        raise TypeError(f"{name} must be a number of seconds, not None")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"{name} must be a number of seconds, got NaN")
+    if seconds < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+    if not inf_ok and math.isinf(seconds):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    return seconds
+
+
+def check_acquire_timeout(timeout: object) -> float:
+    """Validate ``acquire(timeout=...)``: seconds >= 0; ``float("inf")`` means no deadline."""
+    seconds = check_seconds("timeout", timeout, none_ok=False)
+    assert seconds is not None
+    return seconds
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***`` (URL, query and key=value forms)."""
+    # postgresql://user:secret@host/db -> postgresql://user:***@host/db
+    dsn = re.sub(r"(?<=://)([^/@:?#]*):[^@/?#]*@", r"\1:***@", dsn)
+    # ?password=secret (URL query) and password=secret (key=value DSN), quoted or not
+    return re.sub(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", r"\1***", dsn)
+
+
+def redact_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of connection arguments with passwords replaced by ``***``."""
+    shown: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "password" and value is not None:
+            shown[key] = "***"
+        elif key == "dsn" and isinstance(value, str):
+            shown[key] = redact_dsn(value)
+        else:
+            shown[key] = value
+    return shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +126,7 @@ class PoolConfig:
     connect: Callable[..., Awaitable[Any]] | None = None
     connect_args: ConnectArgs | None = None
     connect_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    name: str = "asyncpool"
+    name: str = "asyncpool"  # Pool() gives each pool a unique name by default
     pooler: Pooler | None = None
     instances: int = 1
     budget_check: Literal["warn", "refuse", "off"] = "warn"
@@ -77,11 +140,28 @@ class PoolConfig:
         """
         return self.pooler in ("pgbouncer-transaction", "pgbouncer-statement")
 
+    def __repr__(self) -> str:
+        # Passwords never show: not in the DSN, nor in the connection arguments.
+        fields = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "dsn" and isinstance(value, str):
+                value = redact_dsn(value)
+            elif field.name == "connect_kwargs":
+                value = redact_kwargs(value)
+            fields.append(f"{field.name}={value!r}")
+        return f"PoolConfig({', '.join(fields)})"
+
+    __str__ = __repr__
+
     def __post_init__(self) -> None:
+        if self.dsn is not None and not isinstance(self.dsn, str):
+            raise TypeError(
+                f"dsn must be a connection string such as 'postgresql://user@host/db' or None, "
+                f"got {type(self.dsn).__name__}"
+            )
         for name in ("min_size", "max_size", "connect_concurrency"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+            _check_count(name, getattr(self, name))
         if self.min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {self.min_size}")
         if self.max_size < 1:
@@ -94,23 +174,28 @@ class PoolConfig:
             raise ValueError(f"connect_concurrency must be >= 1, got {self.connect_concurrency}")
         for name in ("max_waiting", "max_uses", "max_queries"):
             value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
-            ):
-                raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}")
+            if value is not None:
+                _check_count(name, value)
+                if value < 0:
+                    raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}")
         for name in ("max_uses", "max_queries"):
             if getattr(self, name) == 0:
                 raise ValueError(f"{name} must be None (unlimited) or >= 1, got 0")
+        # acquire_timeout may be infinite (no deadline), and close_timeout (close() waits
+        # for every borrowed connection, as asyncpg's pool does); the other timeouts bound
+        # I/O the pool itself waits for, and the delays and the maintenance interval pace
+        # its timers: those must be finite. NaN is refused everywhere.
+        check_seconds("acquire_timeout", self.acquire_timeout, none_ok=False)
+        check_seconds("close_timeout", self.close_timeout, none_ok=False)
         for name in (
-            "acquire_timeout",
             "reset_timeout",
             "ping_timeout",
             "connect_timeout",
-            "close_timeout",
             "reconnect_initial_delay",
             "reconnect_max_delay",
+            "maintenance_interval",
         ):
-            _non_negative(name, getattr(self, name), allow_none=False)
+            check_seconds(name, getattr(self, name), none_ok=False, inf_ok=False)
         for name in (
             "max_lifetime",
             "max_idle",
@@ -118,10 +203,14 @@ class PoolConfig:
             "keepalive_interval",
             "leak_timeout",
         ):
-            _non_negative(name, getattr(self, name))
+            check_seconds(name, getattr(self, name))  # None (or inf): off
         if self.maintenance_interval <= 0:
             raise ValueError(f"maintenance_interval must be > 0, got {self.maintenance_interval!r}")
-        if not 0 <= self.lifetime_jitter < 1:
+        if (
+            isinstance(self.lifetime_jitter, bool)
+            or not isinstance(self.lifetime_jitter, (int, float))
+            or not 0 <= self.lifetime_jitter < 1
+        ):
             raise ValueError(f"lifetime_jitter must be in [0, 1), got {self.lifetime_jitter!r}")
         if not callable(self.reset) and self.reset not in RESET_MODES:
             raise ValueError(
@@ -146,3 +235,47 @@ class PoolConfig:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise ValueError(f"{name} must be callable, got {value!r}")
+
+
+def server_label(dsn: str | None, kwargs: Mapping[str, Any]) -> str:
+    """``host:port/database`` of a pool's server as far as its settings tell (no
+    password, no I/O), the default pool name OpenTelemetry suggests; ``"asyncpool"``
+    when the settings name no server (for example, a custom ``connect=``).
+    """
+    host = kwargs.get("host")
+    port = kwargs.get("port")
+    database = kwargs.get("database")
+    if isinstance(dsn, str) and "://" in dsn:
+        try:
+            parts = urlsplit(dsn)
+            host = host or parts.hostname
+            port = port or parts.port
+            database = database or (parts.path.lstrip("/") or None)
+        except ValueError:  # e.g. a malformed port: asyncpg reports it at connect
+            pass
+    elif isinstance(dsn, str):
+        pairs = dict(re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn))
+        host = host or pairs.get("host")
+        port = port or pairs.get("port")
+        database = database or pairs.get("dbname")
+    if isinstance(host, (list, tuple)):
+        host = ",".join(str(h) for h in host)
+    if not host and not database:
+        return "asyncpool"
+    label = str(host or "localhost")
+    if port:
+        label += f":{port}"
+    return f"{label}/{database}" if database else label
+
+
+def unknown_keywords(given: Mapping[str, Any], accepted: Iterable[str]) -> str | None:
+    """The message for the first keyword in ``given`` that is not in ``accepted``
+    (with the closest accepted name, if one is close), or None when all are known.
+    """
+    names = list(accepted)
+    for key in given:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"unexpected keyword argument {key!r}{hint}"
+    return None

@@ -21,6 +21,7 @@ from ._config import PoolConfig
 
 __all__ = (
     "FULL_RESET_SQL",
+    "accepted_keywords",
     "close_gracefully",
     "forget_listeners",
     "remove_callbacks",
@@ -43,6 +44,32 @@ FULL_RESET_SQL = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
     "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;"
 )
+
+
+_ASYNCPG_KEYWORDS: frozenset[str] | None = None
+
+
+def accepted_keywords(connect: Callable[..., Any] | None) -> frozenset[str] | None:
+    """The keyword names ``connect`` (``asyncpg.connect`` when None) accepts, or None
+    when it takes any keyword (``**kwargs``) or its signature cannot be read.
+    """
+    global _ASYNCPG_KEYWORDS
+    if connect is None and _ASYNCPG_KEYWORDS is not None:
+        return _ASYNCPG_KEYWORDS
+    try:
+        params = inspect.signature(connect or asyncpg.connect).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    names = frozenset(
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    )
+    if connect is None:
+        _ASYNCPG_KEYWORDS = names
+    return names
 
 
 async def _resolve_args(config: PoolConfig, extra: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ Design (read this before changing anything here)
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import random
@@ -50,7 +51,13 @@ from typing import Any
 
 from . import _pg
 from ._compat import AsyncpgPoolMethods
-from ._config import PoolConfig
+from ._config import (
+    PoolConfig,
+    check_acquire_timeout,
+    check_seconds,
+    server_label,
+    unknown_keywords,
+)
 from ._connection import PooledConnection, wrapper_classes
 from ._errors import (
     ConnectionBudgetExceeded,
@@ -112,6 +119,37 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_names_used: dict[str, int] = {}
+
+
+def _unique_name(label: str) -> str:
+    """A pool name not given to another pool of this process: ``label``, then
+    ``label#2``, ``label#3`` ... (metrics and tracing tell pools apart by name).
+    """
+    count = _names_used.get(label, 0) + 1
+    _names_used[label] = count
+    return label if count == 1 else f"{label}#{count}"
+
+
+def _refuse_unknown_keywords(
+    connect: Callable[..., Awaitable[Any]] | None, connect_kwargs: dict[str, Any]
+) -> None:
+    """Raise TypeError, at construction, for a keyword that is neither a pool setting
+    nor a parameter of the connect function (asyncpg.connect unless ``connect=``).
+    A typo would otherwise fail every connect and look like a database outage.
+    """
+    accepted = _pg.accepted_keywords(connect)
+    if accepted is None:
+        return  # the connect function takes any keyword
+    message = unknown_keywords(connect_kwargs, sorted(accepted | _SETTINGS))
+    if message is not None:
+        target = "asyncpg.connect()" if connect is None else "the connect= function"
+        raise TypeError(
+            f"asyncpool.Pool() got an {message} (it is neither a pool setting nor a "
+            f"parameter of {target})"
+        )
 
 
 class Pool(AsyncpgPoolMethods):
@@ -210,7 +248,7 @@ class Pool(AsyncpgPoolMethods):
         setup: Callable[[Any], Awaitable[None]] | None = None,
         connect: Callable[..., Awaitable[Any]] | None = None,
         connect_args: Callable[[], Any] | None = None,
-        name: str = "asyncpool",
+        name: str | None = None,
         pooler: Any = None,
         max_inactive_connection_lifetime: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -219,6 +257,10 @@ class Pool(AsyncpgPoolMethods):
         budget_check: str = "warn",
         **connect_kwargs: Any,
     ) -> None:
+        if connect_kwargs:
+            _refuse_unknown_keywords(connect, connect_kwargs)
+        if name is None:
+            name = _unique_name(server_label(dsn, connect_kwargs))
         if max_inactive_connection_lifetime is not None:
             # asyncpg's name for max_idle; 0 turns it off there, so it does here.
             max_idle = max_inactive_connection_lifetime or None
@@ -579,7 +621,11 @@ class Pool(AsyncpgPoolMethods):
             if self._state == _CLOSED:
                 return
             self._check_loop()  # refused from another loop, before anything changes
-            budget = self._config.close_timeout if timeout is None else timeout
+            budget = (
+                self._config.close_timeout
+                if timeout is None
+                else check_acquire_timeout(timeout)  # (the same rule: >= 0, inf waits)
+            )
             self._close_task = asyncio.get_running_loop().create_task(self._close(budget))
         try:
             await asyncio.shield(self._close_task)
@@ -682,11 +728,15 @@ class Pool(AsyncpgPoolMethods):
     def acquire(self, *, timeout: float | None = None) -> _AcquireContext:
         """Borrow a connection: ``async with pool.acquire() as conn:`` or ``await``.
 
-        ``timeout`` (seconds) is this borrow's deadline, covering waiting,
-        connecting and checking; it defaults to the pool's ``acquire_timeout``.
-        Raises :class:`PoolTimeout`, :class:`PoolClosed`, :class:`TooManyWaiters`
-        or :class:`DatabaseUnavailable`.
+        ``timeout`` (seconds, >= 0) is this borrow's deadline, covering waiting,
+        connecting and checking; it defaults to the pool's ``acquire_timeout``, and
+        ``float("inf")`` means no deadline. A bad ``timeout`` (NaN, negative, a bool or
+        not a number) raises :class:`ValueError` or :class:`TypeError` here, whether or
+        not a connection is idle. Raises :class:`PoolTimeout`, :class:`PoolClosed`,
+        :class:`TooManyWaiters` or :class:`DatabaseUnavailable`.
         """
+        if timeout is not None:
+            timeout = check_acquire_timeout(timeout)
         context: _AcquireContext = _new_object(_AcquireContext)  # no __init__ call: cheaper
         context._pool = self
         context._timeout = timeout
@@ -780,9 +830,7 @@ class Pool(AsyncpgPoolMethods):
     def _wait_deadline(self, timeout: float | None) -> tuple[float, float]:
         """(start, deadline) of a wait, in the loop's clock."""
         if timeout is None:
-            timeout = self._acquire_timeout
-        elif timeout < 0:
-            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+            timeout = self._acquire_timeout  # (acquire() validated any other timeout)
         started = self._clock()
         return started, started + timeout
 
@@ -1033,6 +1081,8 @@ class Pool(AsyncpgPoolMethods):
         needed) ends; the reset runs in the background, bounded by ``timeout`` (default
         ``reset_timeout``), so release cannot be cancelled into a leak.
         """
+        if timeout is not None:
+            timeout = check_seconds("timeout", timeout, none_ok=False, inf_ok=False)
         self._release_nowait(connection, timeout)
 
     def release_nowait(self, connection: PooledConnection) -> None:
@@ -1608,6 +1658,14 @@ class Pool(AsyncpgPoolMethods):
             connect_kwargs.setdefault("statement_cache_size", 0)
         self._config = dataclasses.replace(self._config, dsn=dsn, connect_kwargs=connect_kwargs)
         self._apply_config()
+
+
+#: The pool's own settings: the keyword parameters of Pool().
+_SETTINGS: frozenset[str] = frozenset(
+    name
+    for name, p in inspect.signature(Pool.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
 
 
 async def _maintain(pool_ref: weakref.ref[Pool], interval: float) -> None:

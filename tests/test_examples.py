@@ -52,7 +52,8 @@ async def test_basic(postgres_dsn: str):
     assert "connected to PostgreSQL" in out
     assert "squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in out
     assert "rows after the rolled-back transaction: 0" in out
-    assert "PoolTimeout: asyncpool pool 'asyncpool': no connection after waiting" in out
+    assert "PoolTimeout: asyncpool pool '127.0.0.1:" in out  # default name: host:port/db
+    assert "': no connection after waiting" in out
     assert "in_use=0" in out
     assert "timeouts=1" in out
     assert out.rstrip().endswith("closed: True")
