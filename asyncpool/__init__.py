@@ -14,6 +14,7 @@ from ._config import PoolConfig
 from ._connection import PooledConnection
 from ._errors import (
     ConnectionBudgetExceeded,
+    ConnectionConfigError,
     ConnectionReleasedError,
     DatabaseUnavailable,
     PoolClosed,
@@ -31,6 +32,7 @@ __all__ = (
     "HISTOGRAM_BOUNDS",
     "BudgetReport",
     "ConnectionBudgetExceeded",
+    "ConnectionConfigError",
     "ConnectionReleasedError",
     "DatabaseUnavailable",
     "EventHook",

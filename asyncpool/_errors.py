@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = (
     "ConnectionBudgetExceeded",
+    "ConnectionConfigError",
     "ConnectionReleasedError",
     "DatabaseUnavailable",
     "PoolClosed",
@@ -50,6 +51,18 @@ class ConnectionReleasedError(PoolError):
 
 class DatabaseUnavailable(PoolError):
     """The database is known to be down; ``last_error`` is the latest connect failure."""
+
+    __module__ = "asyncpool"
+
+    def __init__(self, message: str, last_error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+
+
+class ConnectionConfigError(PoolError):
+    """The server refused the pool's connection settings (password, role, database, TLS
+    or arguments); ``last_error`` is its answer. Retrying cannot help until they change.
+    """
 
     __module__ = "asyncpool"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -20,12 +21,18 @@ import asyncpg
 from ._config import PoolConfig
 
 __all__ = (
+    "CONFIG_ERROR",
     "FULL_RESET_SQL",
+    "OUTAGE",
+    "SERVER_FULL",
+    "TIMED_OUT",
     "accepted_keywords",
+    "check_connection",
+    "classify_connect_error",
+    "config_advice",
     "close_gracefully",
     "forget_listeners",
     "remove_callbacks",
-    "is_broken",
     "lease_ender",
     "needs_rollback",
     "open_connection",
@@ -106,14 +113,75 @@ async def open_connection(config: PoolConfig, extra: Mapping[str, Any] | None = 
     dsn = kwargs.pop("dsn", config.dsn)
     kwargs.setdefault("timeout", config.connect_timeout)
     conn = await (connect(dsn, **kwargs) if dsn is not None else connect(**kwargs))
+    if config.connect is not None:
+        check_connection(conn)
     if config.tcp_keepalive:
         _enable_tcp_keepalive(conn)
     return conn
 
 
-def is_broken(conn: Any) -> bool:
-    """True when the connection is closed or aborted (a local check, no I/O)."""
-    return bool(conn.is_closed())
+#: What a failed connect means, from :func:`classify_connect_error`.
+OUTAGE, SERVER_FULL, CONFIG_ERROR, TIMED_OUT = "outage", "server full", "configuration", "timeout"
+
+# SQLSTATE classes a server answers a login with when the settings are wrong, not when
+# the server is down: 28 authorization (password, role, pg_hba), 3D unknown database,
+# 42 unknown object (e.g. a server_settings name), 22 bad parameter value, 0A feature
+# not supported. Retrying cannot help until the settings change.
+_CONFIG_SQLSTATE_CLASSES = ("28", "3D", "42", "22", "0A")
+
+
+def classify_connect_error(exc: BaseException) -> str:
+    """Whether a connect failure is an :data:`OUTAGE` (refused, reset, server starting
+    or shutting down ...), :data:`SERVER_FULL` (too many clients), :data:`TIMED_OUT`
+    (no answer in time), or a :data:`CONFIG_ERROR` (password, role, database, TLS or
+    arguments wrong: retrying will not help). Pure: looks at the exception only.
+    """
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return SERVER_FULL
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        return CONFIG_ERROR if state[:2] in _CONFIG_SQLSTATE_CLASSES else OUTAGE
+    if isinstance(exc, TimeoutError):  # (asyncio.TimeoutError is TimeoutError)
+        return TIMED_OUT
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return CONFIG_ERROR
+    if isinstance(exc, ConnectionError) and "SSL" in str(exc):
+        return CONFIG_ERROR  # asyncpg: "... rejected SSL upgrade" (ssl= required)
+    if isinstance(exc, (OSError, ssl.SSLError)):
+        return OUTAGE  # refused, reset, unreachable, DNS, a TLS stream cut
+    if isinstance(exc, (TypeError, ValueError, LookupError, asyncpg.InterfaceError)):
+        return CONFIG_ERROR  # bad arguments (asyncpg checks them at connect)
+    return OUTAGE
+
+
+def config_advice(exc: BaseException) -> str:
+    """What to change after a :data:`CONFIG_ERROR` (one sentence for logs and errors)."""
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return "check the password (or the connect_args callable that supplies it)"
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return "check the user (role) and the server's pg_hba.conf rules for this client"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return "check the database name"
+    if isinstance(exc, (ssl.SSLError, ConnectionError)):
+        return "check the ssl= setting (or sslmode in the DSN) and the server's certificates"
+    if isinstance(exc, asyncpg.PostgresError):
+        return "check the connection settings (server_settings, options) the server refused"
+    return "check the connection arguments and the connect= / connect_args= callables"
+
+
+def check_connection(conn: object) -> None:
+    """Refuse what a ``connect=`` function returned unless it works like a connection."""
+    missing = [
+        name
+        for name in ("is_closed", "execute", "close", "terminate")
+        if not callable(getattr(conn, name, None))
+    ]
+    if missing:
+        raise TypeError(
+            f"the connect= function returned {type(conn).__module__}.{type(conn).__qualname__} "
+            f"({conn!r:.60}), not a connection (it has no {', '.join(missing)}); it must "
+            "return an asyncpg.Connection, e.g. `return await asyncpg.connect(*args, **kwargs)`"
+        )
 
 
 def needs_rollback(conn: Any) -> bool:

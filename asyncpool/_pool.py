@@ -61,9 +61,11 @@ from ._config import (
 from ._connection import PooledConnection, wrapper_classes
 from ._errors import (
     ConnectionBudgetExceeded,
+    ConnectionConfigError,
     ConnectionReleasedError,
     DatabaseUnavailable,
     PoolClosed,
+    PoolError,
     PoolTimeout,
     PoolUsageError,
     TooManyWaiters,
@@ -82,6 +84,10 @@ IN_USE = SlotState.IN_USE
 RETURNING = SlotState.RETURNING
 CHECKING = SlotState.CHECKING
 CLOSING = SlotState.CLOSING
+
+# Retries after a configuration error (wrong password, unknown database ...) back off to
+# this many seconds at most (an outage's cap is reconnect_max_delay).
+_CONFIG_RETRY_MAX_DELAY = 30.0
 
 _new_object = object.__new__
 _Future = asyncio.Future
@@ -197,6 +203,8 @@ class Pool(AsyncpgPoolMethods):
         "_loop",
         "_lost_in_burst",
         "_lost_logged_at",
+        "_failure",
+        "_config_error_logged",
         "_maintenance",
         "_max_queries",
         "_max_size",
@@ -336,6 +344,8 @@ class Pool(AsyncpgPoolMethods):
         self._backoff = 0.0
         self._next_connect_at = 0.0
         self._last_connect_error: BaseException | None = None
+        self._failure = _pg.OUTAGE  # the kind of the last connect failure (_pg.classify...)
+        self._config_error_logged: tuple[type, str] | None = None
         self._down = False
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -527,6 +537,9 @@ class Pool(AsyncpgPoolMethods):
             )
         self._fork_gen = _fork_generation
         self._state = _OPENING
+        # open() as a whole is bounded by connect_timeout (the connects run in parallel,
+        # each bounded by it too; the server check gets what is left).
+        deadline = self._loop.time() + self._config.connect_timeout
         slots = [self._new_slot() for _ in range(self._init_size)]
         tasks = [self._spawn(self._connect(slot)) for slot in slots]
         try:
@@ -539,10 +552,12 @@ class Pool(AsyncpgPoolMethods):
             error = self._last_connect_error or PoolClosed(
                 f"asyncpool pool {self.name!r} was closed while opening"
             )
+            if self._last_connect_error is not None:
+                error.add_note(f"asyncpool pool {self.name!r}: {self._unavailable_message()}")
             self.terminate()
             raise error
         try:
-            await self._check_server()
+            await self._check_server(deadline)
         except BaseException:
             self.terminate()
             raise
@@ -560,29 +575,64 @@ class Pool(AsyncpgPoolMethods):
         )
         self._grow()
 
-    async def _check_server(self) -> None:
+    async def _check_server(self, deadline: float) -> None:
         """At open: the connection budget, and whether a pooler sits in between (one
-        round trip on a pool connection; a temporary connection when none is open).
+        round trip on a pool connection), done by ``deadline`` (open()'s own bound). With
+        no connection open (``min_size=0``) it runs in the background on a temporary
+        connection, unless ``budget_check="refuse"`` (open() must then know).
         """
         cfg = self._config
         if cfg.budget_check == "off":
             return
+        if not self._idle:
+            if cfg.budget_check != "refuse":
+                self._spawn(self._check_server_on_own_connection(), "asyncpool-budget-check")
+                return
+            await self._check_server_on_own_connection(deadline)
+            return
+        slot = self._idle[-1]
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._check_server_on(slot.conn)
+        except TimeoutError:
+            # No answer in time (e.g. a saturated PgBouncer queues the query): the
+            # connection is mid-query, so it goes; open() does not wait any longer.
+            logger.warning(
+                "asyncpool pool %r: the server did not answer the budget check within "
+                "connect_timeout=%ss; the connection is replaced", self.name, cfg.connect_timeout,
+            )  # fmt: skip
+            self._discard(slot, lost=False, reason="budget check timed out")
+
+    async def _check_server_on_own_connection(self, deadline: float | None = None) -> None:
+        """The server check on a temporary connection, bounded by ``deadline`` (or by
+        ``connect_timeout`` in the background).
+        """
+        cfg = self._config
+        loop = self._loop
+        assert loop is not None
+        if deadline is None:
+            deadline = loop.time() + cfg.connect_timeout
+        conn: Any = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn = await _pg.open_connection(cfg)
+                await self._check_server_on(conn)
+        except ConnectionBudgetExceeded:
+            raise
+        except Exception:
+            if cfg.budget_check == "refuse":
+                raise
+            logger.debug(
+                "asyncpool pool %r: budget check skipped (no answer)", self.name, exc_info=True
+            )
+        finally:
+            if conn is not None:
+                _pg.terminate(conn)
+
+    async def _check_server_on(self, conn: Any) -> None:
+        cfg = self._config
         from ._budget import check_budget
 
-        conn: Any = self._idle[-1].conn if self._idle else None
-        temporary = conn is None
-        if temporary:
-            try:
-                conn = await _pg.open_connection(cfg)
-            except Exception:
-                if cfg.budget_check == "refuse":
-                    raise
-                logger.debug(
-                    "asyncpool pool %r: budget check skipped (cannot connect)",
-                    self.name,
-                    exc_info=True,
-                )
-                return
         try:
             await check_budget(
                 conn,
@@ -601,13 +651,10 @@ class Pool(AsyncpgPoolMethods):
                     "is PgBouncer in transaction or statement mode, set pooler=",
                     self.name,
                 )
-        except ConnectionBudgetExceeded:
+        except (ConnectionBudgetExceeded, TimeoutError):
             raise
         except Exception:  # advisory: a server or connection that cannot answer is no reason
             logger.debug("asyncpool pool %r: budget check failed", self.name, exc_info=True)
-        finally:
-            if temporary:
-                await _pg.close_gracefully(conn, cfg.connect_timeout)
 
     async def close(self, timeout: float | None = None) -> None:
         """Close gracefully: stop lending, fail waiters with :class:`PoolClosed`, wait up to
@@ -921,12 +968,7 @@ class Pool(AsyncpgPoolMethods):
         """Refuse to queue when the database is known down or the queue is full."""
         if self._down and not self._open_count():
             self._counters.unavailable_total += 1
-            raise DatabaseUnavailable(
-                f"asyncpool pool {self.name!r}: the database is unreachable (no connection is "
-                f"open and the last connect failed: {self._last_connect_error!r}); retrying "
-                "in the background",
-                self._last_connect_error,
-            ) from self._last_connect_error
+            raise self._unavailable_error()
         max_waiting = self._config.max_waiting
         if max_waiting is not None and self._n_waiting >= max_waiting:
             self._counters.too_many_waiters_total += 1
@@ -1489,6 +1531,7 @@ class Pool(AsyncpgPoolMethods):
         self._backoff = 0.0
         self._next_connect_at = 0.0
         self._last_connect_error = None
+        self._config_error_logged = None
         self._set(slot, IN_USE)
         if self._state == _OPENING:
             self._hand_over_opening(slot)
@@ -1503,43 +1546,84 @@ class Pool(AsyncpgPoolMethods):
         self._idle.append(slot)
 
     def _on_connect_failed(self, exc: BaseException, *, init_failed: bool) -> None:
+        """Count, back off and report a failed connect; fail waiters only when the failure
+        is definite (refused, or the settings are wrong) and no connection is open: a
+        connect that timed out is merely slow, and its waiters keep their own deadlines.
+        """
         cfg = self._config
         loop = self._loop
         assert loop is not None
         self._counters.connect_errors_total += 1
         self._last_connect_error = exc
+        kind = _pg.OUTAGE if init_failed else _pg.classify_connect_error(exc)
+        self._failure = kind
         if self._hooks:
             self._emit(EventKind.CONNECT_FAILED, error=exc)
-        self._backoff = min(
-            max(self._backoff * 2, cfg.reconnect_initial_delay), cfg.reconnect_max_delay
-        )
+        cap = cfg.reconnect_max_delay
+        if kind is _pg.CONFIG_ERROR:
+            cap = max(cap, _CONFIG_RETRY_MAX_DELAY)  # a wrong password is not a blip
+        self._backoff = min(max(self._backoff * 2, cfg.reconnect_initial_delay), cap)
         delay = self._backoff * random.uniform(0.5, 1.0)
         self._next_connect_at = loop.time() + delay
         what = "init hook failed on a new connection" if init_failed else "connect failed"
-        if self._open_count() == 0 and not init_failed:
+        definite = kind is not _pg.TIMED_OUT and not init_failed
+        if self._state is _OPENING:
+            # open() raises the error itself (and closes the pool if nothing opened).
+            logger.debug("asyncpool pool %r: %s while opening: %r", self.name, what, exc)
+        elif kind is _pg.CONFIG_ERROR:
+            key = (type(exc), str(exc))
+            if key != self._config_error_logged:  # once per distinct refusal
+                self._config_error_logged = key
+                logger.error(
+                    "asyncpool pool %r: %s; retrying every %.0fs at most until the settings "
+                    "change (pool.set_connect_kwargs() retries at once)",
+                    self.name, self._unavailable_message(), _CONFIG_RETRY_MAX_DELAY,
+                )  # fmt: skip
+        elif definite and self._open_count() == 0:
             if not self._down:
                 logger.error(
-                    "asyncpool pool %r: %s and no connection is open: %r; "
-                    "the database is treated as down, retrying with backoff",
-                    self.name,
-                    what,
-                    exc,
-                )
-            self._down = True
-            if self._state == _OPEN:
-                self._counters.unavailable_total += self._n_waiting
-                error = DatabaseUnavailable(
-                    f"asyncpool pool {self.name!r}: the database is unreachable: {exc!r}; "
-                    "retrying in the background",
-                    exc,
-                )
-                error.__cause__ = exc
-                self._fail_waiters(error)
+                    "asyncpool pool %r: %s and no connection is open: %r; the database is "
+                    "treated as down, retrying with backoff", self.name, what, exc,
+                )  # fmt: skip
         else:
             logger.warning(
                 "asyncpool pool %r: %s: %r (next attempt in %.2fs)", self.name, what, exc, delay
             )
+        if definite and self._open_count() == 0:
+            self._down = True
+            if self._state is _OPEN and self._n_waiting:
+                self._counters.unavailable_total += self._n_waiting
+                self._fail_waiters(self._unavailable_error())
         self._grow()
+
+    def _unavailable_message(self) -> str:
+        """Why no connection can be opened, by the last failure's kind, for errors and logs."""
+        exc = self._last_connect_error
+        cfg = self._config
+        where = server_label(cfg.dsn, cfg.connect_kwargs)
+        if self._failure is _pg.CONFIG_ERROR and exc is not None:
+            return (
+                f"the server at {where} refused the pool's connection settings "
+                f"({type(exc).__name__}: {exc}); {_pg.config_advice(exc)}"
+            )
+        if self._failure is _pg.SERVER_FULL:
+            return (
+                f"the server at {where} is full: it refuses new connections ({exc!r}); "
+                "raise its max_connections, or lower max_size or the number of instances"
+            )
+        return f"the database at {where} is unreachable (the last connect failed: {exc!r})"
+
+    def _unavailable_error(self) -> PoolError:
+        """The error a borrower gets while no connection is open and connects fail."""
+        exc = self._last_connect_error
+        message = f"asyncpool pool {self.name!r}: {self._unavailable_message()}"
+        error: PoolError
+        if self._failure is _pg.CONFIG_ERROR:
+            error = ConnectionConfigError(message, exc)
+        else:
+            error = DatabaseUnavailable(message + "; retrying in the background", exc)
+        error.__cause__ = exc
+        return error
 
     # ------------------------------------------------------------ upkeep
 
@@ -1651,13 +1735,27 @@ class Pool(AsyncpgPoolMethods):
         self._grow()
 
     def set_connect_kwargs(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
-        """Use new connection arguments for connections opened from now on."""
+        """Use new connection arguments for connections opened from now on (e.g. rotated
+        credentials). A connect that is backing off after a failure is tried again at once.
+        """
         import dataclasses
 
+        accepted = _pg.accepted_keywords(self._config.connect)
+        message = None if accepted is None else unknown_keywords(connect_kwargs, accepted)
+        if message is not None:
+            raise TypeError(f"set_connect_kwargs() got an {message}")
         if self._config.shares_server_sessions:
             connect_kwargs.setdefault("statement_cache_size", 0)
         self._config = dataclasses.replace(self._config, dsn=dsn, connect_kwargs=connect_kwargs)
         self._apply_config()
+        self._backoff = 0.0
+        self._next_connect_at = 0.0
+        self._down = False  # known with the old arguments; borrowers wait for the new ones
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        if self._state is _OPEN:
+            self._grow()
 
 
 #: The pool's own settings: the keyword parameters of Pool().

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 import uuid
 from typing import Any
@@ -404,15 +405,19 @@ async def test_tcp_keepalive_is_on(postgres_dsn: str) -> None:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
 
 
-async def test_bad_password_is_a_clear_counted_error(
-    controllable_postgres: PostgresServer,
+async def test_bad_password_is_a_configuration_error_not_an_outage(
+    controllable_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A role that must authenticate by password: the wrong one fails open() with the
-    server's error, and a lazy pool counts it and fails fast."""
+    server's own error (as asyncpg's pool does, with a note saying what to change) and
+    no "retrying" line; a lazy pool raises ConnectionConfigError naming host and
+    database, logs it once, backs off instead of retrying at full speed, and serves as
+    soon as set_connect_kwargs() brings the right password."""
     hba = controllable_postgres.data_dir / "pg_hba.conf"
     original = hba.read_text()
     role = f"pw_{uuid.uuid4().hex[:6]}"
     admin = await asyncpg.connect(controllable_postgres.dsn)
+    caplog.set_level(logging.DEBUG, logger="asyncpool")
     try:
         await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right'")
         hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + original)
@@ -423,18 +428,40 @@ async def test_bad_password_is_a_clear_counted_error(
         ) as pool:
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT current_user") == role
-        with pytest.raises(asyncpg.InvalidPasswordError):
+        with pytest.raises(asyncpg.InvalidPasswordError) as opening:
             await asyncpool.create_pool(
                 controllable_postgres.dsn, user=role, password="wrong", min_size=1
             )
+        assert any("check the password" in note for note in opening.value.__notes__)
+        assert not any("retrying" in r.getMessage() for r in caplog.records)
+        caplog.clear()
         pool = await asyncpool.create_pool(
             controllable_postgres.dsn, user=role, password="wrong", min_size=0
         )
         try:
-            with pytest.raises(asyncpool.DatabaseUnavailable) as info:
+            t0 = asyncio.get_running_loop().time()
+            with pytest.raises(asyncpool.ConnectionConfigError) as info:
                 await pool.acquire(timeout=5)
+            assert asyncio.get_running_loop().time() - t0 < 2  # fails fast, not at 5 s
+            assert not isinstance(info.value, asyncpool.DatabaseUnavailable)
             assert isinstance(info.value.last_error, asyncpg.InvalidPasswordError)
-            assert pool.stats().connect_errors_total >= 1
+            assert info.value.__cause__ is info.value.last_error
+            host_db = controllable_postgres.dsn.split("@")[1]  # 127.0.0.1:port/postgres
+            assert host_db in str(info.value)
+            assert "check the password" in str(info.value)
+            await asyncio.sleep(3)
+            attempts = pool.stats().connect_errors_total
+            # Backoff doubling from 0.05 s: 0.05 .. 1.6 s in 3 s is at most 7 attempts;
+            # before the fix the pool retried at its 1 s outage cap (and twice at once).
+            assert 1 <= attempts <= 8, attempts
+            logged = [
+                r for r in caplog.records if "refused the pool's connection" in r.getMessage()
+            ]
+            assert len(logged) == 1
+            assert "unreachable" not in caplog.text
+            pool.set_connect_kwargs(controllable_postgres.dsn, user=role, password="right")
+            async with pool.acquire(timeout=5) as conn:
+                assert await conn.fetchval("SELECT current_user") == role
         finally:
             await pool.close()
     finally:
@@ -442,3 +469,50 @@ async def test_bad_password_is_a_clear_counted_error(
         await admin.execute("SELECT pg_reload_conf()")
         await admin.execute(f"DROP ROLE IF EXISTS {role}")
         await admin.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "advice"),
+    [
+        ({"database": "no_such_db_asyncpool"}, "database name"),
+        ({"user": "no_such_role_asyncpool"}, "user (role)"),
+        ({"server_settings": {"no_such.setting": "1", "work_mem": "lots"}}, "settings"),
+        ({"ssl": "require"}, "ssl="),
+    ],
+)
+async def test_configuration_errors_are_told_apart_from_outages(
+    postgres_dsn: str, settings: dict[str, Any], advice: str
+) -> None:
+    pool = await asyncpool.create_pool(postgres_dsn, min_size=0, **settings)
+    try:
+        with pytest.raises(asyncpool.ConnectionConfigError, match="refused the pool's") as info:
+            await pool.acquire(timeout=5)
+        assert advice in str(info.value)
+    finally:
+        await pool.close()
+
+
+async def test_a_full_server_is_reported_as_full(postgres_dsn: str) -> None:
+    admin = await asyncpg.connect(postgres_dsn)
+    role = f"full_{uuid.uuid4().hex[:6]}"
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+        pool = await asyncpool.create_pool(postgres_dsn, user=role, min_size=0)
+        try:
+            with pytest.raises(asyncpool.DatabaseUnavailable, match="is full") as info:
+                await pool.acquire(timeout=5)
+            assert "unreachable" not in str(info.value)
+            assert isinstance(info.value.last_error, asyncpg.TooManyConnectionsError)
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+
+async def test_a_connect_function_returning_no_connection_fails_open(postgres_dsn: str) -> None:
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        return 42
+
+    with pytest.raises(TypeError, match=r"returned builtins.int .*not a connection"):
+        await asyncpool.create_pool(postgres_dsn, connect=connect, min_size=1)

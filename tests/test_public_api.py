@@ -46,6 +46,7 @@ def test_error_tree() -> None:
         "DatabaseUnavailable",
         "PoolUsageError",
         "ConnectionBudgetExceeded",
+        "ConnectionConfigError",
     ):
         assert issubclass(getattr(asyncpool, name), asyncpool.PoolError), name
     assert issubclass(asyncpool.PoolTimeout, TimeoutError)

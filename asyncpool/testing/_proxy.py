@@ -97,6 +97,8 @@ class _Connection:
         self.upstream = _Endpoint(self)
         self.dial_task: asyncio.Task[None] | None = None
         self.finished = False
+        # Blackholed: every byte either way is dropped, for good (see TcpProxy.blackhole).
+        self.dead = False
 
     def peer(self, endpoint: _Endpoint) -> _Endpoint:
         return self.upstream if endpoint is self.client else self.client
@@ -109,6 +111,8 @@ class _Connection:
         self.update_reading()
 
     def forward(self, source: _Endpoint, data: bytes) -> None:
+        if self.dead:
+            return  # a blackholed connection: dropped, never delivered
         target = self.peer(source)
         if self.proxy._stalled or source.held or target.transport is None:
             source.held.append(data)  # delivered by flush_held()
@@ -199,6 +203,8 @@ class TcpProxy:
     * :meth:`stall` stops forwarding bytes, in both directions, on existing and new
       connections while keeping them open (a half-open network); :meth:`resume`
       delivers what was held back;
+    * :meth:`blackhole` drops every byte, for good, on existing connections and on new
+      ones until :meth:`heal` (a half-open network that comes back for new sockets);
     * :meth:`refuse` resets every new connection right after accepting it;
     * :meth:`set_delay` waits before dialling upstream for each new connection;
     * :meth:`resume` clears every fault.
@@ -239,6 +245,7 @@ class TcpProxy:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stalled = False
+        self._blackholed = False
         self._refusing = False
         self._connect_delay = 0.0
         self._connections_total = 0
@@ -378,6 +385,21 @@ class TcpProxy:
         for conn in list(self._connections):
             conn.update_reading()
 
+    def blackhole(self) -> None:
+        """Silently drop every byte on existing and new connections, keeping them open,
+        until :meth:`heal`; connections that saw the blackhole stay dead after it (like
+        sockets whose packets were lost on a half-open network, with no RST ever sent).
+        """
+        self._blackholed = True
+        for conn in list(self._connections):
+            conn.dead = True
+            for endpoint in (conn.client, conn.upstream):
+                endpoint.held.clear()
+
+    def heal(self) -> None:
+        """End a :meth:`blackhole` for new connections (the dead ones stay dead)."""
+        self._blackholed = False
+
     def refuse(self) -> None:
         """Reset every new connection as soon as it is accepted (open ones are kept)."""
         self._refusing = True
@@ -406,6 +428,7 @@ class TcpProxy:
             _abort_with_rst(conn.client.transport)
             return
         self._connections.add(conn)
+        conn.dead = self._blackholed
         task = asyncio.get_running_loop().create_task(
             conn.dial(self._upstream_host, self._upstream_port, self._connect_delay)
         )
