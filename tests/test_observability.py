@@ -490,7 +490,8 @@ async def test_timeout_message_when_new_connections_fail(
         with asyncpool_logs(caplog) as records:
             async with opened(pool):
                 with pytest.raises(
-                    asyncpool.DatabaseUnavailable, match="'down': the database at .* is unreachable"
+                    asyncpool.DatabaseUnavailable,
+                    match=r"'down': the database at .* is unreachable",
                 ):
                     await pool.acquire(timeout=5)
         (error,) = [r for r in records if r.levelno == logging.ERROR]

@@ -5,7 +5,6 @@ hang, a half-open network that heals, dead connections noticed at once, and fork
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
