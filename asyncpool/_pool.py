@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Generator
 from heapq import heapify, heappop, heappush
 from time import monotonic as _now
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _pg
 from ._compat import AsyncpgPoolMethods
@@ -89,6 +89,10 @@ CLOSING = SlotState.CLOSING
 # this many seconds at most (an outage's cap is reconnect_max_delay).
 _CONFIG_RETRY_MAX_DELAY = 30.0
 
+# A background connect or round trip running this long while borrowers wait is given up
+# and tried afresh (see Pool._probe); four times the usual connect time when that is more.
+_STALL_FLOOR = 1.0
+
 _new_object = object.__new__
 _Future = asyncio.Future
 _EXPIRED = float("-inf")
@@ -126,6 +130,8 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
+
+_T = TypeVar("_T")
 
 _names_used: dict[str, int] = {}
 
@@ -205,6 +211,7 @@ class Pool(AsyncpgPoolMethods):
         "_lost_logged_at",
         "_failure",
         "_config_error_logged",
+        "_connect_estimate",
         "_maintenance",
         "_max_queries",
         "_max_size",
@@ -346,6 +353,7 @@ class Pool(AsyncpgPoolMethods):
         self._last_connect_error: BaseException | None = None
         self._failure = _pg.OUTAGE  # the kind of the last connect failure (_pg.classify...)
         self._config_error_logged: tuple[type, str] | None = None
+        self._connect_estimate: float | None = None  # seconds a connect takes (an EWMA)
         self._down = False
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -1254,13 +1262,8 @@ class Pool(AsyncpgPoolMethods):
         self._spawn(self._reset(slot, rollback, full, budget), "asyncpool-reset")
 
     async def _reset(self, slot: _Slot, rollback: bool, full: bool, budget: float) -> None:
-        mode = self._config.reset
         try:
-            async with asyncio.timeout(budget):
-                await _pg.reset_connection(slot.conn, full=full, rollback=rollback)
-                if callable(mode):
-                    _pg.forget_listeners(slot.conn)
-                    await mode(slot.conn)
+            await self._probe(self._reset_session(slot.conn, rollback, full), budget)
         except asyncio.CancelledError:
             self._set(slot, IN_USE)
             self._discard(slot, lost=False)
@@ -1285,6 +1288,41 @@ class Pool(AsyncpgPoolMethods):
             self._hand_over(slot)
         else:
             self._retire(slot, "pool closing")
+
+    async def _reset_session(self, conn: Any, rollback: bool, full: bool) -> None:
+        mode = self._config.reset
+        await _pg.reset_connection(conn, full=full, rollback=rollback)
+        if callable(mode):
+            _pg.forget_listeners(conn)
+            await mode(conn)
+
+    async def _probe(self, operation: Awaitable[_T], limit: float) -> _T:
+        """Await one background operation on a connection (connect, reset, keepalive) for
+        at most ``limit`` seconds, and give it up sooner, once it has run past the stall
+        limit while borrowers wait: a connect or a round trip that slow has most likely
+        hit a dead network (a half-open socket sends no RST), and a fresh attempt may
+        succeed at once. Raises :class:`TimeoutError` either way.
+        """
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        stall = self._stall_limit()
+        async with asyncio.timeout_at(now + limit) as scope:
+            if stall >= limit:
+                return await operation
+            watch = _StallWatch(self, scope, now + stall, stall, now + limit)
+            try:
+                return await operation
+            finally:
+                watch.cancel()
+
+    def _stall_limit(self) -> float:
+        """How long a background connect or round trip may take while borrowers wait: four
+        times the usual connect time, at least _STALL_FLOOR; no limit before a connect has
+        succeeded (nothing is known of this server's speed yet).
+        """
+        estimate = self._connect_estimate
+        return _INF if estimate is None else max(_STALL_FLOOR, 4 * estimate)
 
     def _reclaim_later(self, slot: _Slot, lend: int) -> None:
         """Called from a lost wrapper's ``__del__`` (any thread, any time)."""
@@ -1495,25 +1533,26 @@ class Pool(AsyncpgPoolMethods):
         assert loop is not None
         cfg = self._config
         started = loop.time()
-        conn = None
+        opened: list[Any] = []  # the connection, once open (its init hook may still fail)
         try:
-            async with asyncio.timeout(cfg.connect_timeout):
-                conn = await _pg.open_connection(cfg)
-                if cfg.init is not None:
-                    await cfg.init(conn)
+            conn = await self._probe(self._open_connection(opened), cfg.connect_timeout)
         except asyncio.CancelledError:
-            if conn is not None:
+            for conn in opened:
                 _pg.terminate(conn)
             self._remove(slot)
             raise
         except Exception as exc:
-            if conn is not None:
+            for conn in opened:
                 _pg.terminate(conn)
             self._remove(slot)
-            self._on_connect_failed(exc, init_failed=conn is not None)
+            self._on_connect_failed(exc, init_failed=bool(opened))
             return
         now = _now()
         elapsed = loop.time() - started
+        estimate = self._connect_estimate
+        self._connect_estimate = (
+            elapsed if estimate is None else 0.8 * estimate + 0.2 * elapsed
+        )  # fmt: skip
         c = self._counters
         c.connections_opened_total += 1
         c.connect_time.add(elapsed)
@@ -1541,6 +1580,14 @@ class Pool(AsyncpgPoolMethods):
             self._hand_over(slot)
             self._grow()
 
+    async def _open_connection(self, opened: list[Any]) -> Any:
+        cfg = self._config
+        conn = await _pg.open_connection(cfg)
+        opened.append(conn)
+        if cfg.init is not None:
+            await cfg.init(conn)
+        return conn
+
     def _hand_over_opening(self, slot: _Slot) -> None:
         self._set(slot, IDLE)
         self._idle.append(slot)
@@ -1562,9 +1609,14 @@ class Pool(AsyncpgPoolMethods):
         cap = cfg.reconnect_max_delay
         if kind is _pg.CONFIG_ERROR:
             cap = max(cap, _CONFIG_RETRY_MAX_DELAY)  # a wrong password is not a blip
-        self._backoff = min(max(self._backoff * 2, cfg.reconnect_initial_delay), cap)
-        delay = self._backoff * random.uniform(0.5, 1.0)
-        self._next_connect_at = loop.time() + delay
+        if kind is _pg.TIMED_OUT:
+            # It already took its whole time limit (or the stall limit, with borrowers
+            # waiting): that paces the attempts; try again at once, e.g. on a healed network.
+            delay = 0.0
+        else:
+            self._backoff = min(max(self._backoff * 2, cfg.reconnect_initial_delay), cap)
+            delay = self._backoff * random.uniform(0.5, 1.0)
+            self._next_connect_at = loop.time() + delay
         what = "init hook failed on a new connection" if init_failed else "connect failed"
         definite = kind is not _pg.TIMED_OUT and not init_failed
         if self._state is _OPENING:
@@ -1683,8 +1735,7 @@ class Pool(AsyncpgPoolMethods):
     async def _keepalive(self, slot: _Slot) -> None:
         self._counters.pings_total += 1
         try:
-            async with asyncio.timeout(self._config.ping_timeout):
-                await _pg.ping(slot.conn)
+            await self._probe(_pg.ping(slot.conn), self._config.ping_timeout)
         except asyncio.CancelledError:
             self._set(slot, IN_USE)
             self._discard(slot, lost=False)
@@ -1764,6 +1815,43 @@ _SETTINGS: frozenset[str] = frozenset(
     for name, p in inspect.signature(Pool.__init__).parameters.items()
     if p.kind is inspect.Parameter.KEYWORD_ONLY
 )
+
+
+class _StallWatch:
+    """One timer that gives up a background operation of the pool (see ``Pool._probe``)
+    once it has run past the stall limit while borrowers wait: it moves the operation's
+    timeout to now. While nobody waits it looks again every stall limit, until the
+    operation's own time limit.
+    """
+
+    __slots__ = ("_handle", "_interval", "_limit_at", "_pool", "_scope")
+
+    def __init__(
+        self, pool: Pool, scope: asyncio.Timeout, first: float, interval: float, limit_at: float
+    ) -> None:
+        self._pool = pool
+        self._scope = scope
+        self._interval = interval
+        self._limit_at = limit_at
+        loop = pool._loop
+        assert loop is not None
+        self._handle: asyncio.TimerHandle | None = loop.call_at(first, self._look)
+
+    def _look(self) -> None:
+        pool = self._pool
+        loop = pool._loop
+        assert loop is not None
+        now = loop.time()
+        self._handle = None
+        if pool._n_waiting:
+            self._scope.reschedule(now)  # the operation raises TimeoutError
+        elif now + self._interval < self._limit_at:
+            self._handle = loop.call_at(now + self._interval, self._look)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 async def _maintain(pool_ref: weakref.ref[Pool], interval: float) -> None:

@@ -25,6 +25,7 @@ def make_fake_pool(fake_server: FakeServer) -> Callable[..., Any]:
         kwargs.setdefault("min_size", 0)
         kwargs.setdefault("max_size", 2)
         kwargs.setdefault("connect", fake_server.connect)
+        kwargs.setdefault("budget_check", "off")  # (a fake server has no budget to check)
         pool = asyncpool.Pool(**kwargs)
         pools.append(pool)
         return pool
