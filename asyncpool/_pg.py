@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +31,7 @@ __all__ = (
     "check_connection",
     "classify_connect_error",
     "config_advice",
+    "disown",
     "close_gracefully",
     "forget_listeners",
     "remove_callbacks",
@@ -307,6 +309,40 @@ async def close_gracefully(conn: Any, timeout: float) -> None:
         await conn.close(timeout=timeout)
     except Exception:
         terminate(conn)
+
+
+def disown(conns: list[Any]) -> None:
+    """In a child process right after ``fork()``: let go of the parent's connections.
+
+    The child shares each connection's socket with the parent, and on asyncio the epoll
+    instance too. Whatever the child then does with an asyncpg connection (its
+    finalizer at exit or garbage collection, ``terminate()``, a write) would end the
+    parent's server session or unregister the parent's socket. So each socket's file
+    descriptor is pointed, in this process only, at a private socket (``dup2``: the
+    parent's socket is untouched), and asyncpg is told the connection is gone, so its
+    finalizer does nothing. No I/O reaches the server.
+    """
+    fds = []
+    for conn in conns:
+        transport = getattr(conn, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        fd = sock.fileno() if sock is not None else -1
+        if fd >= 0:
+            fds.append(fd)
+        if hasattr(conn, "_aborted"):
+            conn._aborted = True  # asyncpg: is_closed(); __del__ and terminate() skip I/O
+    if not fds:
+        return
+    private, other = socket.socketpair()
+    try:
+        for fd in fds:
+            try:
+                os.dup2(private.fileno(), fd)
+            except OSError:  # pragma: no cover - a descriptor already closed
+                pass
+    finally:
+        private.close()
+        other.close()
 
 
 def terminate(conn: Any) -> None:

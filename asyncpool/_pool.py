@@ -125,6 +125,7 @@ def _after_fork_in_child() -> None:
     for pool in list(_opened_pools):
         pool._tid_loop = None
         pool._owner_tid = None
+        _pg.disown([slot.conn for slot in pool._slots if slot.conn is not None])
 
 
 if hasattr(os, "register_at_fork"):

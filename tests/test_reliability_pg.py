@@ -5,6 +5,7 @@ hang, a half-open network that heals, dead connections noticed at once, and fork
 from __future__ import annotations
 
 import asyncio
+import sys
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -137,3 +138,101 @@ async def test_a_slow_connect_keeps_borrowers_waiting_to_their_deadline(
                 assert await conn.fetchval("SELECT 1") == 1
         finally:
             await pool.close(timeout=1)
+
+
+# ------------------------------------------------------------------ fork()
+
+FORK_SCRIPT = r"""
+import asyncio, gc, os, sys
+import asyncpg, asyncpool
+
+DSN, HOW, LOOP, APP = sys.argv[1:5]
+
+
+async def setup():
+    pool = await asyncpool.create_pool(
+        DSN, min_size=3, max_size=3, server_settings={"application_name": APP}
+    )
+    held = await pool.acquire()
+    await held.execute("BEGIN")
+    await held.execute("CREATE TEMP TABLE fork_t (x int)")
+    await held.execute("INSERT INTO fork_t VALUES (1)")
+    return pool, held, {s.conn.get_server_pid() for s in pool._slots}
+
+
+async def check(pool, held, pids, child):
+    for _ in range(500):
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        print("child hung")
+        return 1
+    # The parent: its open transaction survived, and so did every session.
+    async with asyncio.timeout(3):
+        await held.execute("INSERT INTO fork_t VALUES (2)")
+        assert await held.fetchval("SELECT count(*) FROM fork_t") == 2
+        await held.execute("COMMIT")
+        await pool.release(held)
+        conns = [await pool.acquire() for _ in range(3)]
+        seen = {await c.fetchval("SELECT pg_backend_pid()") for c in conns}
+        for c in conns:
+            await pool.release(c)
+    admin = await asyncpg.connect(DSN)
+    rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1", APP)
+    stats = pool.stats()
+    print(f"served={len(seen)} same_sessions={seen == pids} "
+          f"server_sessions={len(rows)} lost={stats.connections_lost_total}")
+    await pool.close()
+    await admin.close()
+    return 0 if seen == pids and {r["pid"] for r in rows} == pids else 1
+
+
+if LOOP == "uvloop":
+    import uvloop
+    loop = uvloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+asyncio.set_event_loop(loop)
+pool, held, pids = loop.run_until_complete(setup())
+# Like a pre-fork server (gunicorn): fork outside the loop, which the child never closes.
+child = os.fork()
+if child == 0:
+    if HOW == "terminate":
+        pool.terminate()
+    if HOW == "gc":
+        del pool, held
+        gc.collect()
+        os._exit(0)
+    sys.exit(0)  # a normal exit: finalizers run at interpreter shutdown, loop still open
+sys.exit(loop.run_until_complete(check(pool, held, pids, child)))
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("how", ["exit", "terminate", "gc"])
+async def test_a_forked_child_that_exits_leaves_the_parents_sessions_alone(
+    postgres_dsn: str, how: str, loop: str
+) -> None:
+    """A real fork(); the child exits normally (finalizers and the loop's close run),
+    calls terminate() then exits, or garbage-collects the pool. Before the fix the
+    parent served 0 or 1 of 3 borrows (asyncio) or had all 3 sessions killed (uvloop)."""
+    app = f"fork-{how}-{loop}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "ignore",
+        "-c",
+        FORK_SCRIPT,
+        postgres_dsn,
+        how,
+        loop,
+        app,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "served=3 same_sessions=True server_sessions=3 lost=0" in text, text
