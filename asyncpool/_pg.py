@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +33,8 @@ __all__ = (
     "classify_connect_error",
     "config_advice",
     "disown",
+    "input_check",
+    "on_termination",
     "close_gracefully",
     "forget_listeners",
     "remove_callbacks",
@@ -309,6 +312,41 @@ async def close_gracefully(conn: Any, timeout: float) -> None:
         await conn.close(timeout=timeout)
     except Exception:
         terminate(conn)
+
+
+def _no_input() -> bool:
+    return False
+
+
+def input_check(conn: Any) -> Callable[[], bool]:
+    """A function (made once per connection) that tells, without I/O on the connection,
+    whether the server has sent anything the client has not read yet: one ``poll(0)`` of
+    its socket. An idle connection normally has nothing to read; input there is most
+    often the server ending the session (a FATAL error, then end of file), which asyncpg
+    takes in as a protocol error until the socket closes: such a connection must not be
+    lent without a check. Always False for a connection without a socket (a test double).
+    """
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return _no_input
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poll = poller.poll
+
+    def has_input() -> bool:
+        return bool(poll(0))
+
+    return has_input
+
+
+def on_termination(conn: Any, callback: Callable[[Any], None]) -> None:
+    """Have asyncpg call ``callback(conn)`` (soon after) when the connection closes, by
+    either side. Nothing for a connection that cannot tell (a test double).
+    """
+    add = getattr(conn, "add_termination_listener", None)
+    if add is not None:
+        add(callback)
 
 
 def disown(conns: list[Any]) -> None:

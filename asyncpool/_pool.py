@@ -33,6 +33,7 @@ Design (read this before changing anything here)
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -92,6 +93,11 @@ _CONFIG_RETRY_MAX_DELAY = 30.0
 # A background connect or round trip running this long while borrowers wait is given up
 # and tried afresh (see Pool._probe); four times the usual connect time when that is more.
 _STALL_FLOOR = 1.0
+
+# An idle connection lent after this long is first polled for input from the server (a
+# session ended by the server must not be lent, see _pg.input_check); sooner it is not:
+# a connection given back a moment ago is fine, and the busy hot path stays free of it.
+_INPUT_CHECK_AFTER = 0.001
 
 _new_object = object.__new__
 _Future = asyncio.Future
@@ -875,7 +881,11 @@ class Pool(AsyncpgPoolMethods):
             elif now >= slot.expires_at:
                 self._set(slot, IN_USE)
                 self._retire(slot, "max_lifetime")
-            elif cfg.ping_after_idle is not None and now - slot.last_used >= cfg.ping_after_idle:
+            elif (
+                cfg.ping_after_idle is not None and now - slot.last_used >= cfg.ping_after_idle
+            ) or slot.has_input():
+                # Idle long enough to doubt it, or the server sent something while it was
+                # idle (most often the end of the session): check it before lending it.
                 self._set(slot, CHECKING)
                 return slot
             else:
@@ -1325,6 +1335,16 @@ class Pool(AsyncpgPoolMethods):
         estimate = self._connect_estimate
         return _INF if estimate is None else max(_STALL_FLOOR, 4 * estimate)
 
+    def _on_closed(self, slot: _Slot, _conn: Any) -> None:
+        """Asyncpg's word that a connection closed (termination listener): an idle one
+        leaves the pool at once, so sizes and stats never count a dead connection. Busy
+        ones are seen to when they come back; the pool's own closes find the slot gone.
+        """
+        if slot.state is IDLE and slot in self._slots and slot.conn.is_closed():
+            self._idle.remove(slot)
+            self._set(slot, IN_USE)
+            self._discard(slot, lost=True)
+
     def _reclaim_later(self, slot: _Slot, lend: int) -> None:
         """Called from a lost wrapper's ``__del__`` (any thread, any time)."""
         loop = self._loop
@@ -1561,6 +1581,8 @@ class Pool(AsyncpgPoolMethods):
             self._emit(EventKind.CONNECT, elapsed)
         slot.conn = conn
         slot.end_lease = _pg.lease_ender(conn)
+        slot.has_input = _pg.input_check(conn)
+        _pg.on_termination(conn, functools.partial(self._on_closed, slot))
         slot.wrapper, slot.guarded_wrapper = wrapper_classes(type(conn))
         slot.created_at = slot.last_used = now
         if cfg.max_lifetime is not None:
@@ -1907,10 +1929,14 @@ class _AcquireContext:
         if idle and not pool._n_waiting:
             slot = idle[-1]
             now = _now()
+            idle_for = now - slot.last_used
             if (
                 now < slot.expires_at
-                and now - slot.last_used < pool._ping_after
+                and idle_for < pool._ping_after
                 and not slot.conn.is_closed()
+                # A connection idle for a while is polled for input first (_take_idle):
+                # one poll(0) where the pool is not busy; none on a connection just given back.
+                and (idle_for < _INPUT_CHECK_AFTER or not slot.has_input())
             ):
                 idle.pop()
                 slot.state = IN_USE  # IDLE -> IN_USE: no counter changes (module notes)

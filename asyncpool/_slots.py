@@ -44,6 +44,10 @@ def _no_lease() -> int:
     raise RuntimeError("asyncpool internal error: a lease ended on a slot without a connection")
 
 
+def _no_input() -> bool:
+    return False
+
+
 class _Slot:
     """One connection and its lifecycle facts (internal)."""
 
@@ -56,6 +60,7 @@ class _Slot:
         "end_lease",
         "expires_at",
         "generation",
+        "has_input",
         "last_used",
         "leak_reported",
         "stack",
@@ -70,6 +75,8 @@ class _Slot:
         self.conn: Any = None
         # _pg.lease_ender(conn), made when the connection opens.
         self.end_lease: Callable[[], int] = _no_lease
+        # _pg.input_check(conn): has the server sent something while the slot was idle?
+        self.has_input: Callable[[], bool] = _no_input
         # The classes of the wrappers lent for this connection, by `async with` and by
         # `await pool.acquire()` (_connection.wrapper_classes), set when it opens.
         self.wrapper: type[PooledConnection] = None  # type: ignore[assignment]

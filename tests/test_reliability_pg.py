@@ -5,6 +5,7 @@ hang, a half-open network that heals, dead connections noticed at once, and fork
 from __future__ import annotations
 
 import asyncio
+import select
 import sys
 from urllib.parse import urlsplit
 
@@ -236,3 +237,63 @@ async def test_a_forked_child_that_exits_leaves_the_parents_sessions_alone(
     text = out.decode()
     assert proc.returncode == 0, text
     assert "served=3 same_sessions=True server_sessions=3 lost=0" in text, text
+
+
+# ------------------------------------------- dead connections are noticed at once
+
+
+async def test_an_idle_connection_closed_by_the_server_leaves_the_pool_at_once(
+    postgres_dsn: str,
+) -> None:
+    """No maintenance pass needed (its interval is a minute here): asyncpg's report of
+    the loss removes the idle connection, and the pool opens another for min_size."""
+    admin = await asyncpg.connect(postgres_dsn)
+    pool = await asyncpool.create_pool(
+        postgres_dsn, min_size=2, max_size=2, maintenance_interval=60
+    )
+    try:
+        victim = next(iter(pool._idle)).conn.get_server_pid()
+        lost_before = pool.stats().connections_lost_total
+        await admin.execute("SELECT pg_terminate_backend($1)", victim)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while pool.stats().connections_lost_total == lost_before and loop.time() - t0 < 2:
+            await asyncio.sleep(0.005)
+        noticed = loop.time() - t0
+        assert noticed < 0.5, noticed  # before the fix: the next maintenance pass
+        pids = {s.conn.get_server_pid() for s in pool._slots if s.conn is not None}
+        assert victim not in pids
+        for _ in range(100):
+            if pool.stats().idle == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.get_size() == 2 and pool.stats().idle == 2
+        check_invariants(pool)
+    finally:
+        await pool.close()
+        await admin.close()
+
+
+async def test_a_connection_the_server_is_ending_is_never_lent(postgres_dsn: str) -> None:
+    """The server has sent its FATAL (and end of file) to an idle connection, and the
+    event loop has not read it yet: the borrower must still get a working connection.
+    The test waits for the bytes without yielding to the loop, then borrows in the same
+    step, so the interleaving is forced, not hoped for."""
+    admin = await asyncpg.connect(postgres_dsn)
+    pool = await asyncpool.create_pool(postgres_dsn, min_size=1, max_size=1)
+    try:
+        (slot,) = pool._idle
+        victim = slot.conn.get_server_pid()
+        sock = slot.conn._transport.get_extra_info("socket")
+        await asyncio.sleep(0.01)  # idle for a moment, as after any real traffic
+        await admin.execute("SELECT pg_terminate_backend($1)", victim)
+        readable, _, _ = select.select([sock.fileno()], [], [], 5)  # no await: loop waits
+        assert readable
+        assert not slot.conn.is_closed()  # asyncpg has not seen it yet
+        async with pool.acquire(timeout=5) as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != victim
+        assert pool.stats().connections_lost_total == 1
+        check_invariants(pool)
+    finally:
+        await pool.close()
+        await admin.close()
