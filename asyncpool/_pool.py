@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Generator
 from heapq import heapify, heappop, heappush
 from time import monotonic as _now
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _pg
 from ._compat import AsyncpgPoolMethods
@@ -1762,7 +1762,13 @@ class _AcquireContext:
         return pool._done
 
 
-def create_pool(dsn: str | None = None, **kwargs: Any) -> Pool:
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from ._settings_types import PoolSettings
+
+
+def create_pool(dsn: str | None = None, **kwargs: Unpack[PoolSettings]) -> Pool:
     """Create a pool; ``await`` it to open it, or use ``async with create_pool(...) as pool``.
 
     Settings (defaults in brackets):

@@ -44,6 +44,7 @@ from asyncpool import (
     PoolTimeout,
     TooManyWaiters,
 )
+from asyncpool._connection import IsolationLevel
 from asyncpool.contrib.starlette import (
     CancelOnDisconnect,
     HealthReport,
@@ -125,7 +126,7 @@ def connection_dependency(
 
 def transaction_dependency(
     *,
-    isolation: str | None = None,
+    isolation: IsolationLevel | None = None,
     readonly: bool = False,
     deferrable: bool = False,
     connection: ConnectionDependency | None = None,
