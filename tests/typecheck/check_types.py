@@ -8,6 +8,8 @@ Run: ``mypy --strict tests/typecheck`` (tests/test_typing.py does).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, assert_type
 
 import asyncpg
@@ -16,6 +18,7 @@ from asyncpg.prepared_stmt import PreparedStatement
 from asyncpg.transaction import Transaction
 
 import asyncpool
+from asyncpool.contrib.starlette import PoolState, pool_lifespan
 
 
 class MyRecord(asyncpg.Record):
@@ -77,3 +80,14 @@ async def create_pool_settings() -> None:
     asyncpool.create_pool(max_size="10")  # type: ignore[arg-type]
     async with asyncpool.create_pool() as opened:
         assert_type(opened, asyncpool.Pool)
+
+
+def lifespan_state() -> None:
+    assert_type(
+        pool_lifespan("postgresql://localhost/app", max_size=4),
+        Callable[[Any], AbstractAsyncContextManager[PoolState]],
+    )
+    assert_type(
+        pool_lifespan(state_key="db"),
+        Callable[[Any], AbstractAsyncContextManager[dict[str, asyncpool.Pool]]],
+    )
