@@ -62,6 +62,7 @@ from ._errors import (
     TooManyWaiters,
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
+from ._quiet import quiet
 from ._slots import N_STATES, SlotState, _Slot
 from ._stats import HISTOGRAM_BOUNDS, PoolStats, _Counters
 
@@ -550,9 +551,10 @@ class Pool(AsyncpgPoolMethods):
                 pool_name=cfg.name,
                 pooler=cfg.pooler,
             )
-            if cfg.pooler is None and conn.get_server_pid() != await conn.fetchval(
-                "SELECT pg_backend_pid()"
-            ):
+            if cfg.pooler is None:
+                with quiet():  # the pool's own query: no tracing span
+                    backend_pid = await conn.fetchval("SELECT pg_backend_pid()")
+            if cfg.pooler is None and conn.get_server_pid() != backend_pid:
                 logger.warning(
                     "asyncpool pool %r: a connection pooler or proxy sits between this pool "
                     "and PostgreSQL (the backend pid differs from the one announced); if it "
