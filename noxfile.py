@@ -1,13 +1,28 @@
-"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`."""
+"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
+`nox -s tests_fastapi_floor`, `nox -s package`."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "tests_fastapi_floor"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11", "3.12", "3.13"]
+
+#: The lowest FastAPI the `fastapi` extra allows (keep in step with pyproject.toml).
+FASTAPI_FLOOR = "0.121.0"
+
+#: What the FastAPI/Starlette tests need, without the rest of the test extra.
+FASTAPI_TEST_DEPS = [
+    "pytest",
+    "pytest-asyncio",
+    "pytest-timeout",
+    "httpx",
+    "asgi-lifespan",
+    "uvicorn",
+    "anyio",
+]
 
 
 @nox.session(python=PYTHON[0])
@@ -40,17 +55,33 @@ def tests_long(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON[0])
+def tests_fastapi_floor(session: nox.Session) -> None:
+    """The FastAPI integration's tests on the lowest FastAPI the extra allows."""
+    session.install("-e", ".", f"fastapi=={FASTAPI_FLOOR}", *FASTAPI_TEST_DEPS)
+    session.run("python", "-m", "pytest", "tests/test_contrib_fastapi.py", *session.posargs)
+
+
+@nox.session(python=PYTHON[0])
 def lint(session: nox.Session) -> None:
-    """ruff over the whole tree."""
+    """ruff (lint and format) over the whole tree."""
     session.install("ruff")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session(python=PYTHON[0])
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package."""
+    """mypy --strict over the package and the type test (tests/typecheck)."""
     session.install("-e", ".[dev]")
-    session.run("mypy", "-p", "asyncpool")
+    session.run("mypy")
+    session.run("mypy", "--strict", "tests/typecheck")
+
+
+@nox.session(python=PYTHON[0])
+def package(session: nox.Session) -> None:
+    """Build the sdist and wheel and check their contents and metadata."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "tests/test_packaging.py", *session.posargs)
 
 
 @nox.session(python=PYTHON[0])

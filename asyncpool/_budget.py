@@ -28,6 +28,7 @@ import logging
 from typing import Any, Literal
 
 from ._errors import ConnectionBudgetExceeded
+from ._quiet import quiet
 
 __all__ = (
     "BUDGET_POLICIES",
@@ -89,7 +90,8 @@ async def read_server_facts(conn: Any) -> ServerFacts:
 
     ``conn`` is an ``asyncpg.Connection`` or a pooled connection.
     """
-    row = await conn.fetchrow(_FACTS_SQL)
+    with quiet():  # the pool's own query: no tracing span
+        row = await conn.fetchrow(_FACTS_SQL)
     return ServerFacts(
         max_connections=int(row[0]),
         superuser_reserved_connections=int(row[1]),

@@ -21,6 +21,8 @@ from ._slots import SlotState
 if TYPE_CHECKING:
     from collections import deque
 
+    from asyncpg import Record
+
     from ._config import PoolConfig
     from ._pool import _AcquireContext
     from ._slots import _Slot
@@ -111,7 +113,7 @@ class AsyncpgPoolMethods:
 
     # ------------------------------------------------------------ query shortcuts
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+    async def execute(self, query: str, *args: object, timeout: float | None = None) -> str:
         """Run an SQL command (or several, without arguments) on a pooled connection;
         return the status of the last one. See ``asyncpg.Connection.execute``.
         """
@@ -130,20 +132,24 @@ class AsyncpgPoolMethods:
             await con.executemany(command, args, timeout=timeout)
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
-    ) -> list[Any]:
+        self,
+        query: str,
+        *args: object,
+        timeout: float | None = None,
+        record_class: type[Record] | None = None,
+    ) -> list[Record]:
         """Run a query on a pooled connection and return all rows as records.
 
         See ``asyncpg.Connection.fetch``.
         """
         async with self.acquire() as con:
-            rows: list[Any] = await con.fetch(
+            rows: list[Record] = await con.fetch(
                 query, *args, timeout=timeout, record_class=record_class
             )
             return rows
 
     async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+        self, query: str, *args: object, column: int = 0, timeout: float | None = None
     ) -> Any:
         """Run a query on a pooled connection and return a value of the first row (or
         None). See ``asyncpg.Connection.fetchval``.
@@ -152,14 +158,21 @@ class AsyncpgPoolMethods:
             return await con.fetchval(query, *args, column=column, timeout=timeout)
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
-    ) -> Any:
+        self,
+        query: str,
+        *args: object,
+        timeout: float | None = None,
+        record_class: type[Record] | None = None,
+    ) -> Record | None:
         """Run a query on a pooled connection and return the first row (or None).
 
         See ``asyncpg.Connection.fetchrow``.
         """
         async with self.acquire() as con:
-            return await con.fetchrow(query, *args, timeout=timeout, record_class=record_class)
+            row: Record | None = await con.fetchrow(
+                query, *args, timeout=timeout, record_class=record_class
+            )
+            return row
 
     async def fetchmany(
         self,
@@ -167,13 +180,13 @@ class AsyncpgPoolMethods:
         args: Iterable[Sequence[Any]],
         *,
         timeout: float | None = None,
-        record_class: Any = None,
-    ) -> list[Any]:
+        record_class: type[Record] | None = None,
+    ) -> list[Record]:
         """Run a query once per argument sequence, on one pooled connection, and return
         all rows. See ``asyncpg.Connection.fetchmany``.
         """
         async with self.acquire() as con:
-            rows: list[Any] = await con.fetchmany(
+            rows: list[Record] = await con.fetchmany(
                 query, args, timeout=timeout, record_class=record_class
             )
             return rows

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import asyncpg
 from asyncpg.connection import _ConnectionProxy
@@ -28,17 +28,33 @@ from ._tracking import (
 )
 
 if TYPE_CHECKING:
+    from asyncpg import Record
+    from asyncpg.cursor import CursorFactory
+    from asyncpg.prepared_stmt import PreparedStatement
+    from asyncpg.transaction import Transaction
+    from asyncpg.types import ServerVersion
+
     from ._pool import Pool
     from ._slots import _Slot
 
+    # asyncpg-stubs make the proxy base generic in the record type; at run time it
+    # is asyncpg's plain class (this alias costs nothing on attribute access).
+    _ProxyBase = _ConnectionProxy[Record]
+else:
+    _ProxyBase = _ConnectionProxy
+
 __all__ = ("PooledConnection", "wrapper_classes")
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.connection")
 
-_Coro = Coroutine[Any, Any, Any]
+_T = TypeVar("_T")
+_Coro = Coroutine[Any, Any, _T]
+_R = TypeVar("_R", bound="Record")
+#: Transaction isolation levels (asyncpg's names).
+IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
 
 
-class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
+class PooledConnection(_ProxyBase):
     """A connection lent by an asyncpool :class:`Pool`; behaves like ``asyncpg.Connection``
     (``isinstance(conn, asyncpg.Connection)`` is true, as for asyncpg's own pool).
 
@@ -120,11 +136,11 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         self._slot.dirty = True  # type: ignore[union-attr]
 
     @property
-    def raw_connection(self) -> Any:
+    def raw_connection(self) -> asyncpg.Connection:
         """The underlying ``asyncpg.Connection`` (escape hatch; the pool no longer
         tracks what you do with it, so call :meth:`mark_dirty` if you change state).
         """
-        return self._live("raw_connection")
+        return self._live("raw_connection")  # type: ignore[no-any-return]
 
     @property
     def is_released(self) -> bool:
@@ -141,7 +157,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
     # Only the keywords a caller gives are passed on: calls stay cheap (no keyword
     # dict per query) and a custom connection_class may have narrower signatures.
 
-    def execute(self, query: str, *args: Any, timeout: float | None = None) -> _Coro:
+    def execute(self, query: str, *args: object, timeout: float | None = None) -> _Coro[str]:
         """Run a command (or several, without arguments); return the status string."""
         con = self._con
         if con is None or query not in plain:  # _note(), but one set lookup when plain
@@ -151,17 +167,29 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         return con.execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
 
     def executemany(
-        self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
-    ) -> _Coro:
+        self, command: str, args: Iterable[Sequence[object]], *, timeout: float | None = None
+    ) -> _Coro[None]:
         """Run a command once per argument sequence."""
         con = self._note(command)
         if timeout is None:
             return con.executemany(command, args)  # type: ignore[no-any-return]
         return con.executemany(command, args, timeout=timeout)  # type: ignore[no-any-return]
 
+    @overload
     def fetch(
-        self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
-    ) -> _Coro:
+        self, query: str, *args: object, timeout: float | None = None, record_class: None = None
+    ) -> _Coro[list[Record]]: ...
+    @overload
+    def fetch(
+        self, query: str, *args: object, timeout: float | None = None, record_class: type[_R]
+    ) -> _Coro[list[_R]]: ...
+    def fetch(
+        self,
+        query: str,
+        *args: object,
+        timeout: float | None = None,
+        record_class: type[Record] | None = None,
+    ) -> _Coro[list[Any]]:
         """Run a query and return all rows as a list of records."""
         con = self._con
         if con is None or query not in plain:  # _note(), but one set lookup when plain
@@ -172,9 +200,21 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
             query, *args, **_given(timeout=timeout, record_class=record_class)
         )
 
+    @overload
     def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
-    ) -> _Coro:
+        self, query: str, *args: object, timeout: float | None = None, record_class: None = None
+    ) -> _Coro[Record | None]: ...
+    @overload
+    def fetchrow(
+        self, query: str, *args: object, timeout: float | None = None, record_class: type[_R]
+    ) -> _Coro[_R | None]: ...
+    def fetchrow(
+        self,
+        query: str,
+        *args: object,
+        timeout: float | None = None,
+        record_class: type[Record] | None = None,
+    ) -> _Coro[Any]:
         """Run a query and return the first row, or None."""
         con = self._con
         if con is None or query not in plain:  # _note(), but one set lookup when plain
@@ -186,8 +226,8 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         )
 
     def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
-    ) -> _Coro:
+        self, query: str, *args: object, column: int = 0, timeout: float | None = None
+    ) -> _Coro[Any]:
         """Run a query and return one value of the first row, or None."""
         con = self._con
         if con is None or query not in plain:  # _note(), but one set lookup when plain
@@ -198,27 +238,63 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
             query, *args, **_given(column=column or None, timeout=timeout)
         )
 
+    @overload
     def fetchmany(
         self,
         query: str,
-        args: Iterable[Sequence[Any]],
+        args: Iterable[Sequence[object]],
         *,
         timeout: float | None = None,
-        record_class: Any = None,
-    ) -> _Coro:
+        record_class: None = None,
+    ) -> _Coro[list[Record]]: ...
+    @overload
+    def fetchmany(
+        self,
+        query: str,
+        args: Iterable[Sequence[object]],
+        *,
+        timeout: float | None = None,
+        record_class: type[_R],
+    ) -> _Coro[list[_R]]: ...
+    def fetchmany(
+        self,
+        query: str,
+        args: Iterable[Sequence[object]],
+        *,
+        timeout: float | None = None,
+        record_class: type[Record] | None = None,
+    ) -> _Coro[list[Any]]:
         """Run a query once per argument sequence and return all rows."""
         return self._note(query).fetchmany(  # type: ignore[no-any-return]
             query, args, **_given(timeout=timeout, record_class=record_class)
         )
 
+    @overload
     def prepare(
         self,
         query: str,
         *,
         name: str | None = None,
         timeout: float | None = None,
-        record_class: Any = None,
-    ) -> _Coro:
+        record_class: None = None,
+    ) -> _Coro[PreparedStatement[Record]]: ...
+    @overload
+    def prepare(
+        self,
+        query: str,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        record_class: type[_R],
+    ) -> _Coro[PreparedStatement[_R]]: ...
+    def prepare(
+        self,
+        query: str,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        record_class: type[Record] | None = None,
+    ) -> _Coro[PreparedStatement[Any]]:
         """Create a prepared statement (valid only while you hold this connection)."""
         con = self._note(query)
         # asyncpg's prepare sends no Sync: the server session stays in an implicit
@@ -234,29 +310,51 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
             query, **_given(name=name, timeout=timeout, record_class=record_class)
         )
 
+    @overload
     def cursor(
         self,
         query: str,
-        *args: Any,
+        *args: object,
         prefetch: int | None = None,
         timeout: float | None = None,
-        record_class: Any = None,
-    ) -> Any:
+        record_class: None = None,
+    ) -> CursorFactory[Record]: ...
+    @overload
+    def cursor(
+        self,
+        query: str,
+        *args: object,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        record_class: type[_R],
+    ) -> CursorFactory[_R]: ...
+    def cursor(
+        self,
+        query: str,
+        *args: object,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        record_class: type[Record] | None = None,
+    ) -> CursorFactory[Any]:
         """Return a cursor factory (use inside a transaction)."""
         if self._pool._statement_pooler:
             self._refuse_transactions()
-        return self._note(query).cursor(
+        return self._note(query).cursor(  # type: ignore[no-any-return]
             query, *args, **_given(prefetch=prefetch, timeout=timeout, record_class=record_class)
         )
 
     def transaction(
-        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
-    ) -> Any:
+        self,
+        *,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+    ) -> Transaction:
         """Return an asyncpg transaction object (``async with conn.transaction():``)."""
         con = self._live("transaction")
         if self._pool._statement_pooler:
             self._refuse_transactions()
-        return con.transaction(
+        return con.transaction(  # type: ignore[no-any-return]
             **_given(isolation=isolation, readonly=readonly or None, deferrable=deferrable or None)
         )
 
@@ -275,7 +373,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         schema_name: str | None = None,
         timeout: float | None = None,
         **options: Any,
-    ) -> _Coro:
+    ) -> _Coro[str]:
         """Copy a table's contents to ``output`` (file, path or async callable)."""
         return self._live("copy_from_table").copy_from_table(  # type: ignore[no-any-return]
             table_name,
@@ -287,8 +385,8 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         )
 
     def copy_from_query(
-        self, query: str, *args: Any, output: Any, timeout: float | None = None, **options: Any
-    ) -> _Coro:
+        self, query: str, *args: object, output: Any, timeout: float | None = None, **options: Any
+    ) -> _Coro[str]:
         """Copy a query's result to ``output``."""
         return self._note(query).copy_from_query(  # type: ignore[no-any-return]
             query, *args, output=output, timeout=timeout, **options
@@ -303,7 +401,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         schema_name: str | None = None,
         timeout: float | None = None,
         **options: Any,
-    ) -> _Coro:
+    ) -> _Coro[str]:
         """Copy data from ``source`` into a table."""
         return self._live("copy_to_table").copy_to_table(  # type: ignore[no-any-return]
             table_name,
@@ -323,7 +421,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         schema_name: str | None = None,
         timeout: float | None = None,
         where: str | None = None,
-    ) -> _Coro:
+    ) -> _Coro[str]:
         """Copy an iterable (or async iterable) of records into a table."""
         return self._live("copy_records_to_table").copy_records_to_table(  # type: ignore[no-any-return]
             table_name,
@@ -336,7 +434,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
 
     # -- listeners (each marks the session dirty: release removes them) ------------
 
-    def add_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro:
+    def add_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro[None]:
         """LISTEN on ``channel``; removed (UNLISTEN) when the connection is released."""
         con = self._live("add_listener")
         if self._pool._config.shares_server_sessions:
@@ -344,7 +442,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         self._slot.dirty = True  # type: ignore[union-attr]
         return con.add_listener(channel, callback)  # type: ignore[no-any-return]
 
-    def remove_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro:
+    def remove_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro[None]:
         """Remove a listener added with :meth:`add_listener`."""
         return self._live("remove_listener").remove_listener(channel, callback)  # type: ignore[no-any-return]
 
@@ -393,9 +491,9 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         """The PID of the server process behind this connection."""
         return int(self._live("get_server_pid").get_server_pid())
 
-    def get_server_version(self) -> Any:
+    def get_server_version(self) -> ServerVersion:
         """The server version as asyncpg's ``ServerVersion`` tuple."""
-        return self._live("get_server_version").get_server_version()
+        return self._live("get_server_version").get_server_version()  # type: ignore[no-any-return]
 
     def get_settings(self) -> Any:
         """Asyncpg's connection settings object."""
@@ -405,27 +503,27 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         """True when the underlying connection is closed."""
         return bool(self._live("is_closed").is_closed())
 
-    def set_type_codec(self, typename: str, **kwargs: Any) -> _Coro:
+    def set_type_codec(self, typename: str, **kwargs: Any) -> _Coro[None]:
         """Set a custom codec (it stays on the connection: prefer the pool's ``init``)."""
         return self._live("set_type_codec").set_type_codec(typename, **kwargs)  # type: ignore[no-any-return]
 
-    def reset_type_codec(self, typename: str, **kwargs: Any) -> _Coro:
+    def reset_type_codec(self, typename: str, **kwargs: Any) -> _Coro[None]:
         """Reset a codec to asyncpg's default."""
         return self._live("reset_type_codec").reset_type_codec(typename, **kwargs)  # type: ignore[no-any-return]
 
-    def set_builtin_type_codec(self, typename: str, **kwargs: Any) -> _Coro:
+    def set_builtin_type_codec(self, typename: str, **kwargs: Any) -> _Coro[None]:
         """Set a builtin codec (it stays on the connection: prefer the pool's ``init``)."""
         return self._live("set_builtin_type_codec").set_builtin_type_codec(  # type: ignore[no-any-return]
             typename, **kwargs
         )
 
-    def reload_schema_state(self) -> _Coro:
+    def reload_schema_state(self) -> _Coro[None]:
         """Drop cached type and statement information after schema changes."""
         return self._live("reload_schema_state").reload_schema_state()  # type: ignore[no-any-return]
 
     # -- closing -----------------------------------------------------------------
 
-    def close(self, *, timeout: float | None = None) -> _Coro:
+    def close(self, *, timeout: float | None = None) -> _Coro[None]:
         """Close the underlying connection; the pool replaces it when it is released."""
         return self._live("close").close(timeout=timeout)  # type: ignore[no-any-return]
 
@@ -433,7 +531,7 @@ class PooledConnection(_ConnectionProxy):  # type: ignore[misc]
         """Abort the underlying connection; the pool replaces it when it is released."""
         self._live("terminate").terminate()
 
-    def reset(self, *, timeout: float | None = None) -> _Coro:
+    def reset(self, *, timeout: float | None = None) -> _Coro[None]:
         """Run asyncpg's own session reset now (the pool resets on release anyway)."""
         return self._live("reset").reset(timeout=timeout)  # type: ignore[no-any-return]
 

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from ._config import PoolConfig
+from ._quiet import quiet
 
 __all__ = (
     "CONFIG_ERROR",
@@ -294,22 +295,25 @@ async def reset_connection(conn: Any, *, full: bool, rollback: bool) -> None:
     query); ``full`` also restores session state with :data:`FULL_RESET_SQL`
     and drops client-side listener callbacks.
     """
-    if rollback:
-        await _rollback(conn)
-    if full:
-        forget_listeners(conn)
-        await conn.execute(FULL_RESET_SQL)
+    with quiet():  # the pool's own statements: no tracing spans
+        if rollback:
+            await _rollback(conn)
+        if full:
+            forget_listeners(conn)
+            await conn.execute(FULL_RESET_SQL)
 
 
 async def ping(conn: Any) -> None:
     """One round trip that proves the server answers (simple protocol, nothing prepared)."""
-    await conn.execute("SELECT 1")
+    with quiet():
+        await conn.execute("SELECT 1")
 
 
 async def close_gracefully(conn: Any, timeout: float) -> None:
     """Close politely (Terminate message), aborting if the server does not answer in time."""
     try:
-        await conn.close(timeout=timeout)
+        with quiet():
+            await conn.close(timeout=timeout)
     except Exception:
         terminate(conn)
 

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Generator
 from heapq import heapify, heappop, heappush
 from time import monotonic as _now
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _pg
 from ._compat import AsyncpgPoolMethods
@@ -72,6 +72,7 @@ from ._errors import (
     TooManyWaiters,
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
+from ._quiet import quiet
 from ._slots import N_STATES, SlotState, _Slot
 from ._stats import HISTOGRAM_BOUNDS, PoolStats, _Counters
 
@@ -657,9 +658,10 @@ class Pool(AsyncpgPoolMethods):
                 pool_name=cfg.name,
                 pooler=cfg.pooler,
             )
-            if cfg.pooler is None and conn.get_server_pid() != await conn.fetchval(
-                "SELECT pg_backend_pid()"
-            ):
+            if cfg.pooler is None:
+                with quiet():  # the pool's own query: no tracing span
+                    backend_pid = await conn.fetchval("SELECT pg_backend_pid()")
+            if cfg.pooler is None and conn.get_server_pid() != backend_pid:
                 logger.warning(
                     "asyncpool pool %r: a connection pooler or proxy sits between this pool "
                     "and PostgreSQL (the backend pid differs from the one announced); if it "
@@ -2033,7 +2035,13 @@ class _AcquireContext:
         return pool._done
 
 
-def create_pool(dsn: str | None = None, **kwargs: Any) -> Pool:
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from ._settings_types import PoolSettings
+
+
+def create_pool(dsn: str | None = None, **kwargs: Unpack[PoolSettings]) -> Pool:
     """Create a pool; ``await`` it to open it, or use ``async with create_pool(...) as pool``.
 
     Settings (defaults in brackets):

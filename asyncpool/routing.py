@@ -132,6 +132,7 @@ class RoleWatcher:
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 row = await conn.fetchrow(_ROLE_SQL, timeout=self._timeout)
+                assert row is not None  # the query always returns one row
                 in_recovery, read_only = row[0], row[1]
         except Exception as exc:  # pool errors, asyncpg's errors, OSError, timeouts
             logger.debug("asyncpool pool %r: role check failed: %r", self._pool.name, exc)

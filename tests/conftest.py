@@ -8,7 +8,27 @@ from typing import Any
 import pytest
 
 import asyncpool
+from asyncpool.testing import PostgresInstance, PostgresServer
 from tests.fakes import FakeServer, check_invariants
+
+# The plugin is opt-in (installing asyncpool loads nothing into other projects' runs).
+pytest_plugins = ("asyncpool.testing.pytest_plugin",)
+
+
+# The suite's own short names for the plugin's session server.
+@pytest.fixture(scope="session")
+def postgres_server(asyncpool_postgres: PostgresInstance) -> PostgresInstance:
+    return asyncpool_postgres
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(asyncpool_postgres_dsn: str) -> str:
+    return asyncpool_postgres_dsn
+
+
+@pytest.fixture
+def controllable_postgres(asyncpool_controllable_postgres: PostgresServer) -> PostgresServer:
+    return asyncpool_controllable_postgres
 
 
 @pytest.fixture

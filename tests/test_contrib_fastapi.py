@@ -8,6 +8,7 @@ Handlers are defined inside the tests, so this module must not use
 """
 
 import asyncio
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,9 +24,12 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 import asyncpool
+import asyncpool.contrib.fastapi as fastapi_contrib
 from asyncpool.contrib.fastapi import (
     CancelOnDisconnect,
     ConnectionDep,
+    PoolDep,
+    PoolState,
     TransactionDep,
     check_readiness,
     connection_dependency,
@@ -345,6 +349,113 @@ async def test_commit_failure_is_an_error_response(postgres_dsn: str, table: str
     assert response.status_code == 500
     assert stats.in_use == 0
     assert await count_rows(postgres_dsn, table) == 0
+
+
+async def test_failed_commit_is_never_a_success_status(postgres_dsn: str, table: str):
+    """A 201 handler through TransactionDep whose deferred constraint fails at COMMIT.
+
+    This is what FastAPI 0.118-0.120 answered with 201 (the dependency's exit, and so
+    the COMMIT, ran after the response was sent); nox -s tests_fastapi_floor runs it on
+    the lowest FastAPI the extra allows.
+    """
+    app = FastAPI(lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2))
+
+    @app.post("/pair/{tag}", status_code=201)
+    async def pair(tag: str, tx: TransactionDep) -> dict[str, str]:
+        await tx.execute(f"INSERT INTO {table} (id, tag) VALUES (1, $1), (2, $1)", tag)
+        return {"created": tag}
+
+    async with client_for(app, raise_app_exceptions=False) as client:
+        response = await client.post("/pair/x")
+        stats = get_pool_stats(app)
+    assert not 200 <= response.status_code < 300, response.status_code
+    assert response.status_code == 500
+    assert stats.in_use == 0
+    assert await count_rows(postgres_dsn, table) == 0
+
+
+async def test_a_transaction_ended_after_the_response_would_report_success(
+    postgres_dsn: str, table: str
+):
+    """Why TransactionDep ends before the response: the same transaction dependency
+    with FastAPI's default (request) scope commits only after the 201 is sent, so the
+    client is told "created" and the row is not saved. (The test above would fail so.)
+    """
+
+    async def late_transaction(request: Request) -> AsyncIterator[asyncpool.PooledConnection]:
+        async with get_pool(request).acquire() as conn, conn.transaction():
+            yield conn
+
+    late = Annotated[asyncpool.PooledConnection, Depends(late_transaction)]
+    app = FastAPI(lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2))
+
+    @app.post("/pair/{tag}", status_code=201)
+    async def pair(tag: str, tx: late) -> dict[str, str]:
+        await tx.execute(f"INSERT INTO {table} (id, tag) VALUES (1, $1), (2, $1)", tag)
+        return {"created": tag}
+
+    async with client_for(app, raise_app_exceptions=False) as client:
+        response = await client.post("/pair/x")
+    assert response.status_code == 201
+    assert await count_rows(postgres_dsn, table) == 0
+
+
+async def test_pool_dep_gives_the_pool_and_publishes_no_parameter(postgres_dsn: str):
+    app = FastAPI(lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=2))
+
+    @app.get("/size")
+    async def size(pool: PoolDep) -> int:
+        return pool.stats().size
+
+    @app.get("/old")
+    async def old(pool: Annotated[asyncpool.Pool, Depends(get_pool)]) -> int:
+        return pool.stats().size
+
+    async with client_for(app) as client:
+        assert (await client.get("/size")).json() == 1
+        schema = (await client.get("/openapi.json")).json()
+    assert "parameters" not in schema["paths"]["/size"]["get"]
+    # What PoolDep replaces: get_pool's state_key shows up as a query parameter.
+    old_params = schema["paths"]["/old"]["get"]["parameters"]
+    assert [p["name"] for p in old_params] == ["state_key"]
+
+
+async def test_lifespan_state_is_a_pool_state(postgres_dsn: str):
+    lifespan = pool_lifespan(postgres_dsn, min_size=0, max_size=1)
+    app = FastAPI()
+    async with lifespan(app) as state:
+        assert set(state) == set(PoolState.__annotations__) == {"pool"}
+        assert isinstance(state["pool"], asyncpool.Pool)
+
+
+async def test_overload_refusals_are_logged_in_aggregate(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """150 refused requests in a burst make one WARNING line, not 150; the next line
+    (after the interval) counts the ones not logged.
+    """
+    refusals = fastapi_contrib._RefusalLog(interval=60.0)
+    monkeypatch.setattr(fastapi_contrib, "_refusals", refusals)
+    app = FastAPI(lifespan=pool_lifespan(postgres_dsn, min_size=1, max_size=1, max_waiting=0))
+
+    @app.get("/one")
+    async def one(conn: ConnectionDep) -> int:
+        return int(await conn.fetchval("SELECT 1"))
+
+    caplog.set_level(logging.WARNING, logger="asyncpool")
+    async with client_for(app) as client:
+        async with pool_of(app).acquire():
+            statuses = [(await client.get("/one")).status_code for _ in range(150)]
+            assert statuses == [503] * 150
+            lines = [r for r in caplog.records if r.name == "asyncpool.contrib.fastapi"]
+            assert len(lines) == 1
+            assert "TooManyWaiters" in lines[0].getMessage()
+            refusals._next_at = 0.0  # the interval has passed
+            assert (await client.get("/one")).status_code == 503
+        assert (await client.get("/one")).json() == 1
+    lines = [r for r in caplog.records if r.name == "asyncpool.contrib.fastapi"]
+    assert len(lines) == 2
+    assert "149 more 503s in the last 60 s were not logged" in lines[1].getMessage()
 
 
 async def test_borrow_failure_is_503(postgres_dsn: str):

@@ -110,13 +110,17 @@ async def test_terminating_all_backends_then_borrowing(postgres_dsn: str) -> Non
     ) as pool:
         killer = await asyncpg.connect(postgres_dsn)
         try:
-            killed = await killer.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            killed = await killer.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = $1",
                 app,
             )
-            assert killed == 4
-            while await backends(postgres_dsn, app):
+            assert len(killed) == 4
+            pids = [r["pid"] for r in killed]
+            # (The pool replaces them at once, under the same application_name.)
+            while await killer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = any($1::int[])", pids
+            ):
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # the server's goodbyes reach our sockets
 

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import asyncpool
 from asyncpool import HISTOGRAM_BOUNDS, EventKind, PoolEvent, PoolStats, TimeSummary
-from asyncpool.contrib.otel import POOL_NAME, STATE, instrument
+from asyncpool.contrib.otel import POOL_NAME, SCHEMA_URL, STATE, instrument
 from asyncpool.contrib.prometheus import PoolCollector, _cumulative_buckets
 from asyncpool.testing import PostgresServer, TcpProxy
 
@@ -259,6 +259,42 @@ def check_histogram(samples: dict[Any, float], name: str, pool: str, summary: Ti
     assert sample(samples, f"{name}_sum", pool=pool) == pytest.approx(summary.sum)
 
 
+def test_otel_schema_url_is_the_conventions_of_the_emitted_names():
+    from opentelemetry.semconv._incubating.attributes import db_attributes
+    from opentelemetry.semconv._incubating.metrics import db_metrics
+
+    assert SCHEMA_URL == "https://opentelemetry.io/schemas/1.27.0"
+    assert POOL_NAME == db_attributes.DB_CLIENT_CONNECTION_POOL_NAME
+    assert STATE == db_attributes.DB_CLIENT_CONNECTION_STATE
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    pool = asyncpool.Pool("postgresql://unused", name="semconv")
+    handle = instrument(pool, meter_provider=provider)
+    try:
+        data = reader.get_metrics_data()
+        assert data is not None
+        (scope,) = data.resource_metrics[0].scope_metrics
+        assert scope.scope.schema_url == SCHEMA_URL
+        emitted = {metric.name for metric in scope.metrics}
+        conventions = {
+            value
+            for name, value in vars(db_metrics).items()
+            if name.startswith("DB_CLIENT_CONNECTION_") and isinstance(value, str)
+        }
+        assert "db.client.connection.count" in emitted
+        assert emitted <= conventions, emitted - conventions
+        attributes = {
+            key
+            for metric in scope.metrics
+            for point in metric.data.data_points
+            for key in (point.attributes or {})
+        }
+        assert attributes == {POOL_NAME, STATE}
+    finally:
+        handle.uninstrument()
+        provider.shutdown()
+
+
 async def test_prometheus_collector_scrape(postgres_dsn: str):
     pool = asyncpool.Pool(postgres_dsn, min_size=1, max_size=1, name="prom-main")
     registry = CollectorRegistry()
@@ -332,6 +368,38 @@ async def test_prometheus_several_pools():
         registry.register(
             PoolCollector(asyncpool.Pool("postgresql://unused", name="c"), namespace="app_db")
         )
+
+
+async def test_prometheus_pools_added_and_removed_after_registration():
+    registry = CollectorRegistry()
+    collector = PoolCollector()
+    registry.register(collector)
+    assert [n for (n, _) in scrape(registry) if n.endswith("_max")] == []
+    a = asyncpool.Pool("postgresql://unused", max_size=3, name="a")
+    collector.add(a)
+    assert sample(scrape(registry), "asyncpool_connections_max", pool="a") == 3
+    b = asyncpool.Pool("postgresql://unused", max_size=4, name="b")
+    collector.add(b)
+    s = scrape(registry)
+    assert sample(s, "asyncpool_connections_max", pool="a") == 3
+    assert sample(s, "asyncpool_connections_max", pool="b") == 4
+    with pytest.raises(ValueError, match="already reported"):
+        collector.add(a)
+    with pytest.raises(ValueError, match="unique"):
+        collector.add(asyncpool.Pool("postgresql://unused", name="a"))
+    collector.remove(a)
+    assert collector.pools == [b]
+    s = scrape(registry)
+    assert not any(("pool", "a") in labels for (_, labels) in s)
+    assert sample(s, "asyncpool_connections_max", pool="b") == 4
+    with pytest.raises(ValueError, match="not reported"):
+        collector.remove(a)
+    # A closed pool frees its name: its successor can be added.
+    b.terminate()
+    assert collector.pools == []
+    successor = asyncpool.Pool("postgresql://unused", max_size=5, name="b")
+    collector.add(successor)
+    assert sample(scrape(registry), "asyncpool_connections_max", pool="b") == 5
 
 
 def test_prometheus_buckets_are_cumulative():

@@ -22,7 +22,17 @@ sent, so a failed commit is a 500, never a lost write reported as success), roll
 when it raises, ``HTTPException`` included. When no connection can be had
 (:class:`~asyncpool.PoolTimeout`, :class:`~asyncpool.TooManyWaiters`,
 :class:`~asyncpool.DatabaseUnavailable`, :class:`~asyncpool.PoolClosed`) the request
-fails with 503 and ``Retry-After: 1`` instead of a 500.
+fails with 503 and ``Retry-After: 1`` instead of a 500; those refusals are logged on the
+``asyncpool.contrib.fastapi`` logger at most once per ``log_interval`` (10 s) with a count
+of the ones not logged, so an overload does not flood the logs.
+
+:data:`PoolDep` gives a handler the application's pool itself (for work that borrows
+several connections, or none).
+
+Needs FastAPI 0.121 or later (the ``fastapi`` extra): there, these dependencies end
+before the response is sent (``Depends(..., scope="function")``). FastAPI 0.118 to 0.120
+ended them only after the response, so a failed COMMIT would have been answered with
+success: importing this module refuses those versions.
 
 The lifespan, health endpoints and middleware are those of
 :mod:`asyncpool.contrib.starlette`, re-exported here.
@@ -30,23 +40,28 @@ The lifespan, health endpoints and middleware are those of
 
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+import fastapi
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
 from asyncpool import (
     DatabaseUnavailable,
+    Pool,
     PoolClosed,
     PooledConnection,
     PoolTimeout,
     TooManyWaiters,
 )
+from asyncpool._connection import IsolationLevel
 from asyncpool.contrib.starlette import (
     CancelOnDisconnect,
     HealthReport,
+    PoolState,
     check_readiness,
     get_pool,
     liveness_endpoint,
@@ -60,6 +75,8 @@ __all__ = (
     "CancelOnDisconnect",
     "ConnectionDep",
     "HealthReport",
+    "PoolDep",
+    "PoolState",
     "TransactionDep",
     "check_readiness",
     "connection_dependency",
@@ -68,17 +85,70 @@ __all__ = (
     "get_transaction",
     "health_router",
     "open_pool",
+    "pool_dependency",
     "pool_lifespan",
     "stats_to_dict",
     "transaction_dependency",
 )
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.contrib.fastapi")
 
 _UNAVAILABLE = (PoolTimeout, TooManyWaiters, DatabaseUnavailable, PoolClosed)
 
 # FastAPI >= 0.121 can end a yield dependency before the response is sent.
 _HAS_SCOPE = "scope" in inspect.signature(Depends).parameters
+
+
+def _fastapi_version() -> tuple[int, ...]:
+    parts = []
+    for part in fastapi.__version__.split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+if not _HAS_SCOPE and _fastapi_version() >= (0, 118):
+    raise ImportError(
+        f"asyncpool.contrib.fastapi does not support FastAPI {fastapi.__version__}: from "
+        "0.118 to 0.120 FastAPI ends dependencies with yield only after the response is "
+        "sent, so a transaction whose COMMIT fails would be answered with success. "
+        "Install FastAPI 0.121 or later: pip install 'asyncpool-pg[fastapi]'"
+    )
+
+
+class _RefusalLog:
+    """Logs the 503 answers of borrow failures at most once per ``interval`` seconds,
+    each line with the number of refusals since the last one (no timer, no task).
+    """
+
+    __slots__ = ("interval", "_next_at", "_unlogged")
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._next_at = 0.0
+        self._unlogged = 0
+
+    def refused(self, path: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._unlogged += 1
+            return
+        unlogged, self._unlogged = self._unlogged, 0
+        self._next_at = now + self.interval
+        logger.warning(
+            "answering 503 to %s: %s: %s%s",
+            path,
+            type(exc).__name__,
+            exc,
+            (
+                f" ({unlogged} more 503s in the last {self.interval:g} s were not logged)"
+                if unlogged
+                else ""
+            ),
+        )
+
+
+_refusals = _RefusalLog()
 
 ConnectionDependency = Callable[[HTTPConnection], AsyncIterator[PooledConnection]]
 
@@ -106,7 +176,7 @@ def connection_dependency(
         try:
             conn = await pool.acquire(timeout=timeout)
         except _UNAVAILABLE as exc:
-            logger.warning("asyncpool: answering 503 to %s: %s", request.url.path, exc)
+            _refusals.refused(request.url.path, exc)
             raise HTTPException(
                 status_code=503,
                 detail="the database is busy or unavailable; retry later",
@@ -125,7 +195,7 @@ def connection_dependency(
 
 def transaction_dependency(
     *,
-    isolation: str | None = None,
+    isolation: IsolationLevel | None = None,
     readonly: bool = False,
     deferrable: bool = False,
     connection: ConnectionDependency | None = None,
@@ -149,6 +219,22 @@ def transaction_dependency(
 
     return transaction
 
+
+def pool_dependency(*, state_key: str = "pool") -> Callable[[HTTPConnection], Pool]:
+    """Return a dependency that gives the application's pool (stored under ``state_key``
+    by the lifespan); its only parameter is the request, so nothing of it appears in the
+    OpenAPI schema.
+    """
+
+    def app_pool(request: HTTPConnection) -> Pool:
+        """Return the application's pool."""
+        return get_pool(request, state_key)
+
+    return app_pool
+
+
+#: A handler parameter type: the application's pool (lifespan state ``"pool"``).
+PoolDep = Annotated[Pool, Depends(pool_dependency())]
 
 #: The default connection dependency (pool under ``"pool"``, pool's acquire timeout).
 get_connection = connection_dependency()

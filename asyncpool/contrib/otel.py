@@ -1,6 +1,6 @@
 """OpenTelemetry metrics for asyncpool, following the database connection-pool conventions.
 
-Usage (needs ``opentelemetry-api``: ``pip install asyncpool[metrics]``)::
+Usage (needs ``opentelemetry-api``: ``pip install 'asyncpool-pg[otel]'``)::
 
     from asyncpool.contrib.otel import instrument
 
@@ -54,8 +54,11 @@ __all__ = ("POOL_NAME", "SCHEMA_URL", "STATE", "OtelInstrumentation", "instrumen
 POOL_NAME = "db.client.connection.pool.name"
 #: The attribute of ``db.client.connection.count``: ``idle`` or ``used``.
 STATE = "db.client.connection.state"
-#: The semantic-conventions version whose ``db.client.connection.*`` names are used.
-SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+#: The semantic-conventions version whose names are used: 1.26.0 renamed the metrics to
+#: ``db.client.connection.*`` but kept the ``db.client.connections.state`` and
+#: ``db.client.connections.pool.name`` attributes; 1.27.0 renamed those to the
+#: ``db.client.connection.*`` names emitted here.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.27.0"
 
 _CONNECTION = "{connection}"
 

@@ -1,11 +1,14 @@
 """A Prometheus collector for asyncpool pools (needs ``prometheus-client``).
 
-Usage (``pip install asyncpool[metrics]``)::
+Usage (``pip install 'asyncpool-pg[prometheus]'``)::
 
     from prometheus_client import REGISTRY
     from asyncpool.contrib.prometheus import PoolCollector
 
-    REGISTRY.register(PoolCollector(pool))          # or PoolCollector([pool_a, pool_b])
+    collector = PoolCollector(pool)                 # or PoolCollector([pool_a, pool_b])
+    REGISTRY.register(collector)
+    collector.add(other_pool)                       # pools can come and go later
+    collector.remove(other_pool)
 
 Every scrape reads :meth:`Pool.stats() <asyncpool.Pool.stats>` of each pool, which is
 cheap and never touches the database. Every sample has a ``pool`` label
@@ -29,14 +32,16 @@ Prometheus sees as a counter reset (``rate()`` copes, but ``increase()`` over th
 loses the difference): use ``pop_stats`` or Prometheus for a pool, not both.
 
 The collector holds the pools weakly; a pool that is closed or garbage-collected is
-no longer reported. With ``prometheus_client.start_http_server`` the scrape runs in
-another thread: each value is read atomically, but one scrape may see a pool midway
-through a state change (e.g. one connection counted in neither of two states).
+no longer reported (and no longer blocks its name). With
+``prometheus_client.start_http_server`` the scrape runs in another thread: each value is
+read atomically, but one scrape may see a pool midway through a state change (e.g. one
+connection counted in neither of two states).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
 
@@ -102,21 +107,58 @@ class PoolCollector:
     """A ``prometheus_client`` collector reporting one or more pools' :meth:`stats`.
 
     Register it in a ``CollectorRegistry`` (the default ``REGISTRY`` or your own).
-    ``namespace`` prefixes every metric name (default ``asyncpool``). Pool names must be
-    unique, as they become the ``pool`` label.
+    ``namespace`` prefixes every metric name (default ``asyncpool``). Pools can be
+    given at construction and added or removed at any time after registration
+    (:meth:`add`, :meth:`remove`). The names of the open pools reported must be unique,
+    as they become the ``pool`` label.
     """
 
-    def __init__(self, pools: Pool | Iterable[Pool], *, namespace: str = "asyncpool") -> None:
-        pool_list = [pools] if isinstance(pools, Pool) else list(pools)
-        names = [pool.name for pool in pool_list]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(
-                f"pool names must be unique (they become the 'pool' label); duplicated: "
-                f"{', '.join(map(repr, duplicates))}; pass name=... to each pool"
-            )
-        self._pools = [weakref.ref(pool) for pool in pool_list]
+    def __init__(self, pools: Pool | Iterable[Pool] = (), *, namespace: str = "asyncpool") -> None:
+        self._lock = threading.Lock()
+        # Changed under the lock, read by scrapes (perhaps in another thread) as one
+        # tuple: a scrape sees the pools before or after a change, never half of it.
+        self._pools: tuple[weakref.ref[Pool], ...] = ()
         self._namespace = namespace
+        for pool in [pools] if isinstance(pools, Pool) else list(pools):
+            self.add(pool)
+
+    def _reported(self) -> list[Pool]:
+        pools = (ref() for ref in self._pools)
+        return [pool for pool in pools if pool is not None and not pool.closed]
+
+    def add(self, pool: Pool) -> None:
+        """Report ``pool`` from the next scrape on.
+
+        Raises :class:`ValueError` if it is already reported, or if another open pool
+        of the same name is (give each pool its own ``name=``).
+        """
+        with self._lock:
+            reported = self._reported()
+            for other in reported:
+                if other is pool:
+                    raise ValueError(f"asyncpool pool {pool.name!r} is already reported")
+                if other.name == pool.name:
+                    raise ValueError(
+                        f"another open asyncpool pool named {pool.name!r} is already "
+                        "reported: pool names must be unique (they become the 'pool' "
+                        "label); pass name=... to each pool"
+                    )
+            self._pools = (*(weakref.ref(p) for p in reported), weakref.ref(pool))
+
+    def remove(self, pool: Pool) -> None:
+        """Stop reporting ``pool`` (a closed pool stops on its own). Raises
+        :class:`ValueError` if it is not reported.
+        """
+        with self._lock:
+            kept = tuple(ref for ref in self._pools if ref() is not pool)
+            if len(kept) == len(self._pools):
+                raise ValueError(f"asyncpool pool {pool.name!r} is not reported here")
+            self._pools = kept
+
+    @property
+    def pools(self) -> list[Pool]:
+        """The pools reported now (open and alive), in the order they were added."""
+        return self._reported()
 
     def _families(
         self,
@@ -165,10 +207,7 @@ class PoolCollector:
     def collect(self) -> Iterator[Metric]:
         """Read each live, open pool's :meth:`~asyncpool.Pool.stats` into metric families."""
         connections, gauges, counters, histograms = self._families()
-        for ref in self._pools:
-            pool = ref()
-            if pool is None or pool.closed:
-                continue
+        for pool in self._reported():
             s = pool.stats()
             label = [s.name]
             for state in _STATES:
@@ -186,5 +225,4 @@ class PoolCollector:
         yield from histograms
 
     def __repr__(self) -> str:
-        names = [pool.name for pool in (ref() for ref in self._pools) if pool is not None]
-        return f"<PoolCollector pools={names!r}>"
+        return f"<PoolCollector pools={[pool.name for pool in self._reported()]!r}>"

@@ -33,7 +33,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, Literal, TypedDict, overload
 
 import asyncpg
 from starlette.requests import HTTPConnection, Request
@@ -54,6 +54,7 @@ from asyncpool import (
 __all__ = (
     "CancelOnDisconnect",
     "HealthReport",
+    "PoolState",
     "check_readiness",
     "get_pool",
     "health_routes",
@@ -64,7 +65,7 @@ __all__ = (
     "stats_to_dict",
 )
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.contrib.starlette")
 
 #: What opening a connection raises when the database cannot be used: network errors
 #: (refused, unreachable, DNS, timeouts are OSErrors), server refusals (authentication,
@@ -143,6 +144,30 @@ async def open_pool(
         await pool.close(timeout=close_timeout)
 
 
+class PoolState(TypedDict):
+    """The lifespan state :func:`pool_lifespan` yields (with the default ``state_key``)."""
+
+    pool: Pool
+
+
+@overload
+def pool_lifespan(
+    dsn: str | None = None,
+    *,
+    degraded_ok: bool = False,
+    close_timeout: float | None = None,
+    state_key: Literal["pool"] = "pool",
+    **pool_kwargs: Any,
+) -> Callable[[Any], AbstractAsyncContextManager[PoolState]]: ...
+@overload
+def pool_lifespan(
+    dsn: str | None = None,
+    *,
+    degraded_ok: bool = False,
+    close_timeout: float | None = None,
+    state_key: str,
+    **pool_kwargs: Any,
+) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Pool]]]: ...
 def pool_lifespan(
     dsn: str | None = None,
     *,
@@ -150,18 +175,19 @@ def pool_lifespan(
     close_timeout: float | None = None,
     state_key: str = "pool",
     **pool_kwargs: Any,
-) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
+) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
     """Return a lifespan for ``Starlette(lifespan=...)`` or ``FastAPI(lifespan=...)``.
 
     At start-up it opens a new pool (see :func:`open_pool` for ``degraded_ok`` and
     ``close_timeout``), stores it as ``app.state.<state_key>`` and in the lifespan
     state, so handlers find it as ``request.state.<state_key>`` (or with
     :func:`get_pool`). At shutdown, after the server has finished in-flight requests,
-    it closes the pool gracefully. Each start-up creates a new pool.
+    it closes the pool gracefully. Each start-up creates a new pool. The state is a
+    :class:`PoolState` (``{"pool": pool}``), or ``{state_key: pool}``.
     """
 
     @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: Any) -> AsyncIterator[dict[str, Pool]]:
         async with open_pool(
             dsn, degraded_ok=degraded_ok, close_timeout=close_timeout, **pool_kwargs
         ) as pool:

@@ -9,11 +9,13 @@
   replica (``pg_basebackup``) that a test can promote.
 * :class:`TcpProxy` sits between a client and the server and injects network faults:
   resets, stalls, refused connections and slow connects.
-* ``asyncpool.testing.pytest_plugin`` (loaded automatically by pytest once asyncpool is
-  installed) provides the ``postgres_server``, ``postgres_dsn`` and
-  ``controllable_postgres`` fixtures.
+* ``asyncpool.testing.pytest_plugin`` is an opt-in pytest plugin (enable it with
+  ``pytest_plugins = ["asyncpool.testing.pytest_plugin"]`` in a ``conftest.py``): a
+  session server, a fresh database per test and an open pool on it, as ``asyncpool_...``
+  fixtures.
 
-This module does not import the pool itself, so it can test any asyncpg-based code.
+The helpers other than the plugin do not use the pool, so they can test any
+asyncpg-based code.
 """
 
 from asyncpool.testing._cluster import (
