@@ -36,7 +36,10 @@ import asyncpool
 from asyncpool.testing import PostgresInstance
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    *sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts),
+]
 FENCE = re.compile(r"^(`{3,})(\S*)\s*$")
 MARKER = re.compile(r"^<!-- snippet: (skip|continue)(?: (.*?))? -->$")
 
