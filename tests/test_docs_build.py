@@ -7,6 +7,7 @@ the same build.
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,14 @@ def test_the_user_guide_pages_are_all_in_the_navigation(built_site: Path) -> Non
         if page.name == "index.md":
             continue
         assert page.with_suffix(".html").as_posix() in index, page
+
+
+def test_the_readme_links_point_at_files_that_exist() -> None:
+    """The README is read on its own (a repository page), outside the Sphinx build."""
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert len(local) > 20
+    for target in local:
+        assert (ROOT / target).exists(), f"README links to a missing file: {target}"
+    assert len(readme.splitlines()) <= 300
