@@ -1,5 +1,5 @@
-"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
-`nox -s tests_fastapi_floor`, `nox -s package`."""
+"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `bench`, `tests_fastapi_floor`,
+`package`, `docs`, `docs_screenshots`."""
 
 from __future__ import annotations
 
@@ -89,3 +89,62 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite against every peer (see benchmarks/README.md)."""
     session.install("-e", ".[bench,test]", "pyinstrument")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+DOCS_OUT = "docs/_build/html"
+SCREENSHOT_PAGES = (
+    "index",
+    "getting-started",
+    "guide/acquire",
+    "performance",
+    "api/asyncpool",
+)
+
+
+@nox.session(python=PYTHON[0])
+def docs(session: nox.Session) -> None:
+    """The documentation site, warnings as errors: docs/_build/html/index.html."""
+    # The test extra brings the integrations' libraries, which autodoc imports.
+    session.install("-e", ".[docs,test]")
+    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", DOCS_OUT)
+
+
+@nox.session(python=PYTHON[0])
+def docs_screenshots(session: nox.Session) -> None:
+    """Build the site, then photograph a few pages in headless Chromium (Debian's
+    `chromium` on PATH): docs/_build/screenshots/*.png, to look at before a release.
+    """
+    import pathlib
+    import shutil
+    import tempfile
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        session.error("needs Chromium on PATH (Debian: apt-get install chromium)")
+    docs(session)
+    site = pathlib.Path(DOCS_OUT).resolve()
+    shots = pathlib.Path("docs/_build/screenshots").resolve()
+    shots.mkdir(parents=True, exist_ok=True)
+    for page in SCREENSHOT_PAGES:
+        target = shots / (page.replace("/", "-") + ".png")
+        with tempfile.TemporaryDirectory() as profile:
+            session.run(
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--screenshot={target}",
+                "--window-size=1280,1600",
+                (site / f"{page}.html").as_uri(),
+                external=True,
+                silent=True,
+            )
+        if not target.is_file() or target.stat().st_size < 10_000:
+            session.error(f"no usable screenshot of {page}: {target}")
+        session.log(f"{page}: {target}")

@@ -18,7 +18,9 @@ from typing import Any, TextIO
 
 import asyncpg
 
+from ._errors import PoolError
 from ._pool import create_pool
+from .testing._cluster import PostgresNotFoundError
 
 __all__ = ("main", "run_demo")
 
@@ -88,7 +90,7 @@ async def run_demo(
 ) -> list[dict[str, Any]]:
     """Run the three strategies on ``dsn`` and return one result row per strategy."""
     results = []
-    out.write(f"{requests} requests, {concurrency} concurrent, each `{QUERY}`\n")
+    out.write(f"{requests} requests, {concurrency} concurrent, each {QUERY!r}\n")
 
     shared = await asyncpg.connect(dsn)
     lock = asyncio.Lock()
@@ -150,28 +152,93 @@ def _server(dsn: str | None, out: TextIO) -> Iterator[str]:
     from .testing import PostgresServer
 
     out.write("Starting a throwaway PostgreSQL from the local binaries...\n")
+    out.flush()
     with PostgresServer() as server:
         yield server.dsn
 
 
+DESCRIPTION = (
+    "Run the same concurrent workload three ways against one PostgreSQL server (one "
+    "shared connection, a new connection per request, and an asyncpool pool) and print "
+    "throughput and p50/p99 latency side by side. Each request runs "
+    f"'{QUERY}'. Without --dsn it starts a throwaway server from the local PostgreSQL "
+    "binaries and removes it afterwards."
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m asyncpool demo", description=DESCRIPTION)
+    parser.add_argument(
+        "--dsn",
+        help="PostgreSQL DSN, e.g. postgresql://user:password@host:5432/db "
+        "(default: start a throwaway server)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=2000,
+        metavar="N",
+        help="requests per strategy (a quarter of them for the slow connection-per-request "
+        "strategy; default 2000)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="requests in flight at once (default 50)",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="the pool's min_size and max_size (default 10)",
+    )
+    return parser
+
+
+def _connect_error_line(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m asyncpool demo``."""
-    parser = argparse.ArgumentParser(prog="python -m asyncpool demo", description=__doc__)
-    parser.add_argument("--dsn", help="PostgreSQL DSN (default: start a throwaway server)")
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--pool-size", type=int, default=10)
-    args = parser.parse_args(argv)
+    """Entry point of ``python -m asyncpool demo``; returns the exit status.
+
+    A server that cannot be reached (refused, wrong password, unknown database, no
+    local PostgreSQL binaries) is reported in one line on stderr, with exit status 1.
+    """
+    args = _parser().parse_args(argv)
     out = sys.stdout
-    with _server(args.dsn, out) as dsn:
-        rows = asyncio.run(
-            run_demo(
-                dsn,
-                requests=args.requests,
-                concurrency=args.concurrency,
-                pool_size=args.pool_size,
-                out=out,
+    try:
+        with _server(args.dsn, out) as dsn:
+            rows = asyncio.run(
+                run_demo(
+                    dsn,
+                    requests=args.requests,
+                    concurrency=args.concurrency,
+                    pool_size=args.pool_size,
+                    out=out,
+                )
             )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(
+            f"asyncpool demo: cannot use the database: {_connect_error_line(exc)}", file=sys.stderr
         )
+        return 1
+    except PostgresNotFoundError as exc:
+        print(f"asyncpool demo: {_connect_error_line(exc)} (or pass --dsn)", file=sys.stderr)
+        return 1
+    except PoolError as exc:
+        print(f"asyncpool demo: {_connect_error_line(exc)}", file=sys.stderr)
+        return 1
     out.write("\n" + _table(rows) + "\n")
     return 0

@@ -38,11 +38,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._budget import ServerFacts, read_server_facts
+from ._budget import BudgetReport, ServerFacts, read_server_facts
+from ._budget import check_budget as _check_budget
 
 __all__ = (
+    "BudgetReport",
     "Recommendation",
     "ServerFacts",
+    "check_budget",
     "default_headroom",
     "main",
     "per_instance_limit",
@@ -50,6 +53,43 @@ __all__ = (
     "recommend",
     "server_pool_size",
 )
+
+
+async def check_budget(
+    conn: Any,
+    *,
+    max_size: int,
+    instances: int = 1,
+    pooler: str | None = None,
+    pool_name: str = "asyncpool",
+) -> BudgetReport:
+    """Judge whether ``max_size * instances`` connections fit the server (one query).
+
+    The check a pool runs by itself at :meth:`~asyncpool.Pool.open` (its
+    ``budget_check=`` setting), for a deploy script or a health report: it neither logs
+    nor raises, it returns the verdict.
+
+    Args:
+        conn: an open connection (``asyncpg.Connection`` or a pooled one).
+        max_size: the ``max_size`` of each instance's pool.
+        instances: how many processes run such a pool against this server, at peak.
+        pooler: the pool's ``pooler=`` setting; behind a pooler the report only informs.
+        pool_name: the name used in the report's message.
+
+    Returns:
+        a :class:`~asyncpool.BudgetReport`: ``ok`` is False when the fleet can never
+        fit (``max_size * instances > max_connections - reserved``), ``fits_now`` is
+        False when what other clients hold right now leaves too little, and
+        ``message`` says so in words.
+    """
+    return await _check_budget(
+        conn,
+        max_size=max_size,
+        instances=instances,
+        policy="off",
+        pool_name=pool_name,
+        pooler=pooler,
+    )
 
 
 def server_pool_size(cores: int, effective_spindles: int = 0) -> int:

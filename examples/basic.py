@@ -1,18 +1,21 @@
 """The basics: open a pool, borrow connections, run a transaction, handle a timeout, close.
 
-ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres python examples/basic.py
+python examples/basic.py
+
+It uses the server in ASYNCPOOL_DSN, or starts a throwaway one for the run
+(see examples/_database.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+
+from _database import database
 
 import asyncpool
 
 
-async def main() -> None:
-    dsn = os.environ.get("ASYNCPOOL_DSN", "postgresql://postgres@localhost/postgres")
+async def main(dsn: str) -> None:
 
     # Opens min_size connections now; raises the connect error if the server is down.
     async with asyncpool.create_pool(dsn, min_size=1, max_size=4) as pool:
@@ -68,4 +71,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with database() as dsn:
+        asyncio.run(main(dsn))

@@ -2,7 +2,10 @@
 health endpoints, and cancelling handlers whose client went away.
 
     pip install "asyncpool[fastapi]" uvicorn
-    ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres python examples/fastapi_app.py
+    python examples/fastapi_app.py
+
+It uses the server in ASYNCPOOL_DSN, or starts a throwaway one while it serves
+(see examples/_database.py).
 
 Then ``curl -X POST localhost:8000/notes -H 'content-type: application/json'
 -d '{"text": "hi"}'``, ``curl localhost:8000/notes``, ``curl localhost:8000/readyz``.
@@ -24,8 +27,6 @@ from asyncpool.contrib.fastapi import (
     pool_lifespan,
 )
 
-DSN = os.environ.get("ASYNCPOOL_DSN", "postgresql://postgres@localhost/postgres")
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS asyncpool_example_notes (
     id bigserial PRIMARY KEY,
@@ -34,19 +35,18 @@ CREATE TABLE IF NOT EXISTS asyncpool_example_notes (
 )
 """
 
-# Opens the pool at start-up (fails start-up if the database is unreachable; pass
-# degraded_ok=True to start anyway) and closes it gracefully at shutdown.
-pool_state = pool_lifespan(
-    DSN,
-    min_size=1,
-    max_size=10,
-    acquire_timeout=5,
-    server_settings={"application_name": "asyncpool-example-api"},
-)
-
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    # Opens the pool at start-up (fails start-up if the database is unreachable; pass
+    # degraded_ok=True to start anyway) and closes it gracefully at shutdown.
+    pool_state = pool_lifespan(
+        os.environ["ASYNCPOOL_DSN"],
+        min_size=1,
+        max_size=10,
+        acquire_timeout=5,
+        server_settings={"application_name": "asyncpool-example-api"},
+    )
     async with pool_state(app) as state:
         async with state["pool"].acquire() as conn:
             await conn.execute(SCHEMA)
@@ -109,5 +109,7 @@ async def create_notes(notes: list[NoteIn], tx: TransactionDep) -> list[Note]:
 
 if __name__ == "__main__":
     import uvicorn
+    from _database import database
 
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
+    with database():  # sets ASYNCPOOL_DSN, starting a throwaway server if it is unset
+        uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

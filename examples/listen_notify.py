@@ -7,14 +7,18 @@ If the connection dies, the listener acquires a new one and listens again
 (notifications sent in between are lost: NOTIFY is not durable, so re-read the state
 you were following after a reconnect).
 
-    ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres python examples/listen_notify.py
+    python examples/listen_notify.py
+
+It uses the server in ASYNCPOOL_DSN, or starts a throwaway one for the run
+(see examples/_database.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
+
+from _database import database
 
 import asyncpool
 
@@ -63,8 +67,7 @@ async def notify(pool: asyncpool.Pool, channel: str, payload: str) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
 
 
-async def main() -> None:
-    dsn = os.environ.get("ASYNCPOOL_DSN", "postgresql://postgres@localhost/postgres")
+async def main(dsn: str) -> None:
     channel = "asyncpool_example"
     # One connection for the listener, the rest for everything else.
     async with asyncpool.create_pool(dsn, min_size=2, max_size=2) as pool:
@@ -113,4 +116,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with database() as dsn:
+        asyncio.run(main(dsn))

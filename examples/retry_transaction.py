@@ -13,18 +13,21 @@ for leave at the same time; the rule is that one must stay on call. Both transac
 read "2 on call", then each takes itself off call. Serializable isolation aborts one;
 its retry reads "1 on call" and refuses.
 
-    ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres python examples/retry_transaction.py
+    python examples/retry_transaction.py
+
+It uses the server in ASYNCPOOL_DSN, or starts a throwaway one for the run
+(see examples/_database.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+from _database import database
 
 import asyncpool
 
@@ -64,8 +67,7 @@ async def run_in_transaction(
     raise AssertionError("unreachable")
 
 
-async def main() -> None:
-    dsn = os.environ.get("ASYNCPOOL_DSN", "postgresql://postgres@localhost/postgres")
+async def main(dsn: str) -> None:
     async with asyncpool.create_pool(dsn, min_size=2, max_size=2) as pool:
         async with pool.acquire() as conn:
             await conn.execute("""
@@ -119,4 +121,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with database() as dsn:
+        asyncio.run(main(dsn))

@@ -6,15 +6,18 @@ poolclass=NullPool)``) gives an engine whose every connection is borrowed from a
 so the pool's limits, deadlines, health checks, reset and statistics apply to the ORM.
 Give SQLAlchemy its own pool (its json codecs stay on the connections). Run the demo::
 
-    ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres python examples/sqlalchemy_orm.py
+    python examples/sqlalchemy_orm.py
+
+It uses the server in ASYNCPOOL_DSN, or starts a throwaway one for the run
+(see examples/_database.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
+from _database import database
 from sqlalchemy import ForeignKey, String, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -49,8 +52,8 @@ class Book(Base):
     author: Mapped[Author] = relationship(back_populates="books")
 
 
-async def main() -> None:
-    async with asyncpool.create_pool(os.environ["ASYNCPOOL_DSN"], min_size=1, max_size=4) as pool:
+async def main(dsn: str) -> None:
+    async with asyncpool.create_pool(dsn, min_size=1, max_size=4) as pool:
         engine = engine_for(pool)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
@@ -92,4 +95,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with database() as dsn:
+        asyncio.run(main(dsn))

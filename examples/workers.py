@@ -14,10 +14,11 @@ its pool (every server session ends politely) and exits 0.
 
 Run a demo (enqueue 40 jobs, process them all, check, drop the tables)::
 
-    ASYNCPOOL_DSN=postgresql://postgres@localhost/postgres \\
-        python examples/workers.py --processes 3 --budget 6 --jobs 40
+    python examples/workers.py --processes 3 --budget 6 --jobs 40
 
-Without ``--jobs`` the workers wait for jobs until they get SIGTERM.
+It uses the server in ASYNCPOOL_DSN, or starts a throwaway one for the run (see
+examples/_database.py). With ``--jobs 0`` the workers wait for jobs until they get
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import signal
 import sys
 from multiprocessing.synchronize import Event as ProcessEvent
 from types import FrameType
+
+from _database import database
 
 import asyncpool
 from asyncpool.contrib.workers import per_process_size, stop_on_signals
@@ -198,13 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=0,
-        help="enqueue this many demo jobs, run until done, check, drop",
+        default=40,
+        help="enqueue this many demo jobs, run until done, check, drop "
+        "(0: wait for jobs until SIGTERM)",
     )
     parser.add_argument("--job-seconds", type=float, default=0.02)
     parser.add_argument("--table", default="asyncpool_example_jobs")
     args = parser.parse_args(argv)
-    dsn = os.environ["ASYNCPOOL_DSN"]
+    with database() as dsn:
+        return supervise(dsn, args)
+
+
+def supervise(dsn: str, args: argparse.Namespace) -> int:
+    """Enqueue, run the workers until done (or SIGTERM), check."""
     pool_size = per_process_size(args.budget, args.processes)
     print(f"{args.processes} workers x max_size {pool_size} <= budget {args.budget}")
 

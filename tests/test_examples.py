@@ -1,7 +1,9 @@
 """Every example runs against the test server and does what it says.
 
 Scripts run as subprocesses with ``ASYNCPOOL_DSN`` set and a deadline; the FastAPI app is
-also imported and driven in-process with httpx.
+also imported and driven in-process with httpx. Each script also runs with no
+environment variable set (it starts a throwaway server of its own), and says in one
+line what to do when there are no PostgreSQL binaries either.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib.util
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,11 +24,21 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from asyncpool.testing import find_pg_bin
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEADLINE = 60.0
 
 
-async def run_example(name: str, dsn: str, *args: str) -> str:
+def example_env(dsn: str | None, **extra: str) -> dict[str, str]:
+    """The environment for an example: ``ASYNCPOOL_DSN`` set to ``dsn``, or unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ASYNCPOOL_DSN", "PORT")}
+    if dsn is not None:
+        env["ASYNCPOOL_DSN"] = dsn
+    return {**env, **extra}
+
+
+async def run_example(name: str, dsn: str | None, *args: str) -> str:
     """Run ``examples/<name>``; return its stdout. Fails on a non-zero exit or a hang."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -33,7 +46,7 @@ async def run_example(name: str, dsn: str, *args: str) -> str:
         "error",
         str(EXAMPLES / name),
         *args,
-        env={**os.environ, "ASYNCPOOL_DSN": dsn},
+        env=example_env(dsn),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -47,8 +60,18 @@ async def run_example(name: str, dsn: str, *args: str) -> str:
     return out.decode()
 
 
-async def test_basic(postgres_dsn: str):
-    out = await run_example("basic.py", postgres_dsn)
+@pytest.fixture(params=["ASYNCPOOL_DSN", "no environment"])
+def example_dsn(request: pytest.FixtureRequest, postgres_dsn: str) -> str | None:
+    """The test server's DSN, or None: the example then starts a throwaway server."""
+    if request.param == "ASYNCPOOL_DSN":
+        return postgres_dsn
+    if find_pg_bin() is None:
+        pytest.skip("without ASYNCPOOL_DSN the examples need the local PostgreSQL binaries")
+    return None
+
+
+async def test_basic(example_dsn: str | None):
+    out = await run_example("basic.py", example_dsn)
     assert "connected to PostgreSQL" in out
     assert "squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in out
     assert "rows after the rolled-back transaction: 0" in out
@@ -59,8 +82,8 @@ async def test_basic(postgres_dsn: str):
     assert out.rstrip().endswith("closed: True")
 
 
-async def test_listen_notify(postgres_dsn: str):
-    out = await run_example("listen_notify.py", postgres_dsn)
+async def test_listen_notify(example_dsn: str | None):
+    out = await run_example("listen_notify.py", example_dsn)
     lines = out.splitlines()
     first = int(lines[0].removeprefix("listening on backend "))
     second = int(lines[1].removeprefix("connection lost; listening again on backend "))
@@ -69,8 +92,8 @@ async def test_listen_notify(postgres_dsn: str):
     assert "channels listened to on the pooled connections after release: [0, 0]" in out
 
 
-async def test_retry_transaction_survives_a_real_serialization_failure(postgres_dsn: str):
-    out = await run_example("retry_transaction.py", postgres_dsn)
+async def test_retry_transaction_survives_a_real_serialization_failure(example_dsn: str | None):
+    out = await run_example("retry_transaction.py", example_dsn)
     assert "failed (SerializationError: could not serialize access" in out
     assert "serialization failures: 1" in out  # provoked by the two concurrent transactions
     assert "leave granted after 1 attempt(s)" in out
@@ -78,10 +101,10 @@ async def test_retry_transaction_survives_a_real_serialization_failure(postgres_
     assert "doctors still on call: 1" in out  # the invariant held
 
 
-async def test_workers(postgres_dsn: str):
+async def test_workers(example_dsn: str | None):
     out = await run_example(
         "workers.py",
-        postgres_dsn,
+        example_dsn,
         "--processes",
         "2",
         "--budget",
@@ -97,13 +120,56 @@ async def test_workers(postgres_dsn: str):
     assert "20/20 jobs done, 0 run more than once" in out
 
 
-async def test_sqlalchemy_orm(postgres_dsn: str):
-    out = await run_example("sqlalchemy_orm.py", postgres_dsn)
+async def test_sqlalchemy_orm(example_dsn: str | None):
+    out = await run_example("sqlalchemy_orm.py", example_dsn)
     assert "rolled back: IntegrityError" in out
     assert "Ursula: 2 books, years [1971, 1974]" in out
     assert "while a session holds a connection: in_use=1" in out
     assert "after: in_use=0" in out
     assert "opened=1" in out  # every SQLAlchemy connection came from the one pooled
+
+
+async def test_workers_defaults_run_a_whole_demo(postgres_dsn: str):
+    out = await run_example("workers.py", postgres_dsn, "--table", "asyncpool_example_jobs_dflt")
+    assert "3 workers x max_size 2 <= budget 6" in out
+    assert "40/40 jobs done, 0 run more than once" in out
+
+
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+
+
+def test_every_example_is_tested_here():
+    source = Path(__file__).read_text()
+    assert SCRIPTS == [
+        "basic.py",
+        "fastapi_app.py",
+        "listen_notify.py",
+        "retry_transaction.py",
+        "sqlalchemy_orm.py",
+        "workers.py",
+    ]
+    for name in SCRIPTS:
+        assert f'"{name}"' in source
+
+
+@pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "fastapi_app.py"])
+def test_without_dsn_or_binaries_an_example_says_what_to_do(name: str, tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        env=example_env(None, ASYNCPOOL_PG_BIN=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("ASYNCPOOL_DSN is not set: starting a throwaway PostgreSQL")
+    assert "python -m asyncpool server" in lines[0]
+    assert len(lines) == 2
+    assert lines[1].startswith("cannot start PostgreSQL (")
+    assert lines[1].endswith("set ASYNCPOOL_DSN to a server's DSN")
 
 
 # ----------------------------------------------------------------------------- FastAPI
@@ -161,9 +227,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("with_dsn", [True, False], ids=["ASYNCPOOL_DSN", "no environment"])
 async def test_fastapi_app_under_uvicorn_shuts_down_on_sigterm(
-    fastapi_example: ModuleType, postgres_dsn: str
+    fastapi_example: ModuleType, postgres_dsn: str, with_dsn: bool
 ):
+    if not with_dsn and find_pg_bin() is None:
+        pytest.skip("without ASYNCPOOL_DSN the examples need the local PostgreSQL binaries")
     port = free_port()
     admin = await asyncpg.connect(postgres_dsn)
     abandoned = "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()"
@@ -171,7 +240,7 @@ async def test_fastapi_app_under_uvicorn_shuts_down_on_sigterm(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(EXAMPLES / "fastapi_app.py"),
-        env={**os.environ, "ASYNCPOOL_DSN": postgres_dsn, "PORT": str(port)},
+        env=example_env(postgres_dsn if with_dsn else None, PORT=str(port)),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -194,6 +263,8 @@ async def test_fastapi_app_under_uvicorn_shuts_down_on_sigterm(
         assert await asyncio.wait_for(proc.wait(), 10) in (0, -signal.SIGTERM)
         assert b"Application shutdown complete" in rest
         assert b"Traceback" not in rest
+        if not with_dsn:
+            return  # its own server is gone with it: nothing to inspect there
         # The pool closed its connections politely: none left, none abandoned.
         app_sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
         loop = asyncio.get_running_loop()
