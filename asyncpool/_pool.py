@@ -220,6 +220,7 @@ class Pool(AsyncpgPoolMethods):
         "_failure",
         "_config_error_logged",
         "_connect_estimate",
+        "_failed_at",
         "_maintenance",
         "_max_queries",
         "_max_size",
@@ -362,6 +363,7 @@ class Pool(AsyncpgPoolMethods):
         self._failure = _pg.OUTAGE  # the kind of the last connect failure (_pg.classify...)
         self._config_error_logged: tuple[type, str] | None = None
         self._connect_estimate: float | None = None  # seconds a connect takes (an EWMA)
+        self._failed_at = _EXPIRED  # (loop time) when the database was last found down
         self._down = False
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -986,10 +988,25 @@ class Pool(AsyncpgPoolMethods):
             return slot, started
 
     def _may_wait(self) -> None:
-        """Refuse to queue when the database is known down or the queue is full."""
+        """Refuse to queue when the database is known down or the queue is full.
+
+        "Known down": nothing is open, and a connect was refused less than
+        ``reconnect_initial_delay`` ago, or the settings were refused (that does not
+        change by itself). Past that moment, or while an attempt is under way, the
+        borrower waits for a fresh attempt's outcome (within its deadline), and one starts
+        now if none is: a server that restarted quickly serves at once, while a server
+        that is down is tried at most once per ``reconnect_initial_delay``, cheaply.
+        """
         if self._down and not self._open_count():
-            self._counters.unavailable_total += 1
-            raise self._unavailable_error()
+            loop = self._loop
+            assert loop is not None
+            if self._failure is _pg.CONFIG_ERROR or (
+                self._counts[CONNECTING] == 0
+                and loop.time() - self._failed_at < self._config.reconnect_initial_delay
+            ):
+                self._counters.unavailable_total += 1
+                raise self._unavailable_error()
+            self._next_connect_at = 0.0  # (the caller's _grow() starts one at once)
         max_waiting = self._config.max_waiting
         if max_waiting is not None and self._n_waiting >= max_waiting:
             self._counters.too_many_waiters_total += 1
@@ -1668,6 +1685,7 @@ class Pool(AsyncpgPoolMethods):
             )
         if definite and self._open_count() == 0:
             self._down = True
+            self._failed_at = loop.time()
             if self._state is _OPEN and self._n_waiting:
                 self._counters.unavailable_total += self._n_waiting
                 self._fail_waiters(self._unavailable_error())
@@ -1678,17 +1696,18 @@ class Pool(AsyncpgPoolMethods):
         exc = self._last_connect_error
         cfg = self._config
         where = server_label(cfg.dsn, cfg.connect_kwargs)
+        at = "" if where == "asyncpool" else f" at {where}"  # (no host known: connect=)
         if self._failure is _pg.CONFIG_ERROR and exc is not None:
             return (
-                f"the server at {where} refused the pool's connection settings "
+                f"the server{at} refused the pool's connection settings "
                 f"({type(exc).__name__}: {exc}); {_pg.config_advice(exc)}"
             )
         if self._failure is _pg.SERVER_FULL:
             return (
-                f"the server at {where} is full: it refuses new connections ({exc!r}); "
+                f"the server{at} is full: it refuses new connections ({exc!r}); "
                 "raise its max_connections, or lower max_size or the number of instances"
             )
-        return f"the database at {where} is unreachable (the last connect failed: {exc!r})"
+        return f"the database{at} is unreachable (the last connect failed: {exc!r})"
 
     def _unavailable_error(self) -> PoolError:
         """The error a borrower gets while no connection is open and connects fail."""

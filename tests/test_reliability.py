@@ -236,3 +236,32 @@ def test_logs_of_a_failing_pool_hold_no_password(caplog: pytest.LogCaptureFixtur
         asyncio.run(pool.open())
     assert SECRET not in str(info.value)
     assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_down_verdict_is_fresh_for_reconnect_initial_delay_only(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
+    """Refused a moment ago: fail fast, no new attempt. Later (a quick restart?): the
+    borrower waits for one fresh attempt instead of being failed on old news."""
+    pool = make_fake_pool(min_size=0, max_size=2, reconnect_initial_delay=0.2)
+    await pool.open()
+    fake_server.fail_with = ConnectionRefusedError(111, "refused")
+    with pytest.raises(asyncpool.DatabaseUnavailable):
+        await pool.acquire(timeout=5)
+    attempts = fake_server.attempts
+    with pytest.raises(asyncpool.DatabaseUnavailable):
+        await pool.acquire(timeout=5)
+    assert fake_server.attempts == attempts  # fresh verdict: no connect storm
+    # The server comes back; connects are held so the interleaving is the test's.
+    fake_server.fail_with = None
+    fake_server.hold_connects = True
+    await asyncio.sleep(0.3)  # the verdict is old news now
+    borrower = asyncio.ensure_future(pool.acquire(timeout=5))
+    await fake_server.wait_pending()  # a background retry, or one the borrower started
+    await settle()
+    assert not borrower.done()  # waiting for that attempt, not failed on old news
+    while fake_server.pending:
+        fake_server.release_connect()
+    conn = await asyncio.wait_for(borrower, 1)
+    await pool.release(conn)
+    check_invariants(pool)
