@@ -42,6 +42,7 @@ class AsyncpgPoolMethods:
     if TYPE_CHECKING:
         # What these methods use of Pool (declared for the type checker only).
         _config: PoolConfig
+        _init_size: int
         _counts: list[int]
         _idle: deque[_Slot]
         _slots: set[_Slot]
@@ -79,8 +80,10 @@ class AsyncpgPoolMethods:
         return self._config.max_size
 
     def get_init_size(self) -> int:
-        """Return how many connections :meth:`open` opens: ``min_size`` (asyncpg 0.32)."""
-        return self._config.min_size
+        """Return how many connections :meth:`open` opens: ``init_size`` (by default
+        ``min_size``), as asyncpg 0.32 does.
+        """
+        return self._init_size
 
     def is_closing(self) -> bool:
         """Return True if the pool is closing or closed."""

@@ -1,10 +1,15 @@
 """The one error tree of asyncpool.
 
 Every error the pool raises derives from :class:`PoolError`. Messages say what
-happened and which setting to change.
+happened and which setting to change. The errors of misuse (:class:`PoolUsageError`,
+:class:`PoolClosed`, :class:`ConnectionReleasedError`) are also
+``asyncpg.InterfaceError``, which asyncpg's own pool raises in those cases, so code
+migrating from it catches them unchanged.
 """
 
 from __future__ import annotations
+
+from asyncpg import InterfaceError
 
 __all__ = (
     "ConnectionBudgetExceeded",
@@ -31,7 +36,7 @@ class PoolTimeout(PoolError, TimeoutError):
     __module__ = "asyncpool"
 
 
-class PoolClosed(PoolError):
+class PoolClosed(PoolError, InterfaceError):
     """The pool is closed (or closing) and lends no more connections."""
 
     __module__ = "asyncpool"
@@ -43,7 +48,7 @@ class TooManyWaiters(PoolError):
     __module__ = "asyncpool"
 
 
-class ConnectionReleasedError(PoolError):
+class ConnectionReleasedError(PoolError, InterfaceError):
     """A pooled connection was used after it was released back to the pool."""
 
     __module__ = "asyncpool"
@@ -71,7 +76,7 @@ class ConnectionConfigError(PoolError):
         self.last_error = last_error
 
 
-class PoolUsageError(PoolError, RuntimeError):
+class PoolUsageError(PoolError, InterfaceError, RuntimeError):
     """The pool was misused: another event loop or thread, after ``fork()``, before
     ``open()``, or a session feature behind a transaction pooler.
     """

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from ._config import PoolConfig
+from ._errors import PoolUsageError
 from ._quiet import quiet
 
 __all__ = (
@@ -34,6 +35,7 @@ __all__ = (
     "classify_connect_error",
     "config_advice",
     "disown",
+    "unmanaged_transaction",
     "input_check",
     "on_termination",
     "close_gracefully",
@@ -183,11 +185,23 @@ def check_connection(conn: object) -> None:
         if not callable(getattr(conn, name, None))
     ]
     if missing:
-        raise TypeError(
-            f"the connect= function returned {type(conn).__module__}.{type(conn).__qualname__} "
-            f"({conn!r:.60}), not a connection (it has no {', '.join(missing)}); it must "
-            "return an asyncpg.Connection, e.g. `return await asyncpg.connect(*args, **kwargs)`"
+        # (An asyncpg.InterfaceError, as asyncpg's pool raises for this.)
+        raise PoolUsageError(
+            "expected the connect= callback to return an asyncpg.Connection, got "
+            f"{type(conn).__module__}.{type(conn).__qualname__} ({conn!r:.60}), which has no "
+            f"{', '.join(missing)}; e.g. `return await asyncpg.connect(*args, **kwargs)`"
         )
+
+
+def unmanaged_transaction(conn: Any) -> bool:
+    """True when a connection being given back holds a transaction that no ``async with
+    conn.transaction()`` will end: a ``BEGIN`` of the borrower's, or a transaction object
+    not used as a context manager (asyncpg's pool reports these at release).
+    """
+    top = getattr(conn, "_top_xact", None)
+    if top is not None:
+        return not getattr(top, "_managed", False)
+    return bool(conn.is_in_transaction())
 
 
 def needs_rollback(conn: Any) -> bool:

@@ -72,6 +72,7 @@ from ._errors import (
     TooManyWaiters,
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
+from ._policy import connects_to_start
 from ._quiet import quiet
 from ._slots import N_STATES, SlotState, _Slot
 from ._stats import HISTOGRAM_BOUNDS, PoolStats, _Counters
@@ -221,6 +222,7 @@ class Pool(AsyncpgPoolMethods):
         "_config_error_logged",
         "_connect_estimate",
         "_failed_at",
+        "_idle_timer",
         "_maintenance",
         "_max_queries",
         "_max_size",
@@ -364,6 +366,7 @@ class Pool(AsyncpgPoolMethods):
         self._config_error_logged: tuple[type, str] | None = None
         self._connect_estimate: float | None = None  # seconds a connect takes (an EWMA)
         self._failed_at = _EXPIRED  # (loop time) when the database was last found down
+        self._idle_timer: asyncio.TimerHandle | None = None  # see _schedule_idle_expiry
         self._down = False
         self._empty: asyncio.Future[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -592,6 +595,7 @@ class Pool(AsyncpgPoolMethods):
             self._config.max_size,
         )
         self._grow()
+        self._schedule_idle_expiry()
 
     async def _check_server(self, deadline: float) -> None:
         """At open: the connection budget, and whether a pooler sits in between (one
@@ -767,6 +771,9 @@ class Pool(AsyncpgPoolMethods):
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         loop_open = self._loop is not None and not self._loop.is_closed()
         if self._maintenance is not None:
             if loop_open:  # a closed loop cannot run a cancellation
@@ -1213,9 +1220,7 @@ class Pool(AsyncpgPoolMethods):
             use_time.buckets[bisect_left(HISTOGRAM_BOUNDS, held)] += 1
         if self._hooks:
             self._emit(EventKind.RELEASE, held)
-        slot.last_used = now
-        if slot.stack is not None:
-            slot.stack = None
+        slot.last_used = now  # (slot.stack, if any, stays for a report; the next lend sets it)
         if slot.callbacks is not None:
             _pg.remove_callbacks(slot.conn, slot.callbacks)
             slot.callbacks = None
@@ -1283,6 +1288,8 @@ class Pool(AsyncpgPoolMethods):
             self._hand_over(slot)
             return
         self._counters.returns_not_skipped += 1
+        if rollback and _pg.unmanaged_transaction(slot.conn):
+            self._report_open_transaction(slot)
         if mode == "none":
             # No reset queries allowed: a connection left mid-transaction is replaced.
             self._discard(slot, lost=False)
@@ -1290,6 +1297,24 @@ class Pool(AsyncpgPoolMethods):
         self._set(slot, RETURNING)
         budget = cfg.reset_timeout if timeout is None else timeout
         self._spawn(self._reset(slot, rollback, full, budget), "asyncpool-reset")
+
+    def _report_open_transaction(self, slot: _Slot) -> None:
+        """A borrower gave back a connection inside a transaction it began itself (a bug
+        in the caller: its work is rolled back). Told through the event loop's exception
+        handler, as asyncpg's pool does, with where it was acquired when known.
+        """
+        where = f"; it was acquired at:\n{slot.stack}" if slot.stack else ""
+        loop = self._loop
+        assert loop is not None
+        loop.call_exception_handler(
+            {
+                "message": (
+                    f"asyncpool pool {self.name!r}: Resetting connection with an active "
+                    f"transaction {slot.conn!r} (it is rolled back; end transactions with "
+                    f"`async with conn.transaction()`){where}"
+                )
+            }
+        )
 
     async def _reset(self, slot: _Slot, rollback: bool, full: bool, budget: float) -> None:
         try:
@@ -1547,13 +1572,16 @@ class Pool(AsyncpgPoolMethods):
         cfg = self._config
         loop = self._loop
         assert loop is not None
-        connecting = n[CONNECTING]
-        target = max(cfg.min_size, 1 if self._down else 0)
-        # Connections being reset (or checked) come back in about a round trip, sooner
-        # than a new connect: count them as on their way to the waiters.
-        wanted = max(self._n_waiting - connecting - n[RETURNING] - n[CHECKING], target - active)
-        room = min(cfg.max_size - active, cfg.connect_concurrency - connecting)
-        count = min(wanted, room)
+        count = connects_to_start(
+            active=active,
+            connecting=n[CONNECTING],
+            returning=n[RETURNING] + n[CHECKING],
+            waiting=self._n_waiting,
+            min_size=cfg.min_size,
+            max_size=cfg.max_size,
+            concurrency=cfg.connect_concurrency,
+            down=self._down,
+        )
         if count <= 0:
             return
         now = loop.time()
@@ -1621,6 +1649,8 @@ class Pool(AsyncpgPoolMethods):
         else:
             self._hand_over(slot)
             self._grow()
+            if self._idle_timer is None:
+                self._schedule_idle_expiry()
 
     async def _open_connection(self, opened: list[Any]) -> Any:
         cfg = self._config
@@ -1628,6 +1658,8 @@ class Pool(AsyncpgPoolMethods):
         opened.append(conn)
         if cfg.init is not None:
             await cfg.init(conn)
+            if conn.is_closed():  # (as asyncpg's pool: an init may close to refuse it)
+                raise ConnectionError("the init hook closed the new connection")
         return conn
 
     def _hand_over_opening(self, slot: _Slot) -> None:
@@ -1723,6 +1755,46 @@ class Pool(AsyncpgPoolMethods):
 
     # ------------------------------------------------------------ upkeep
 
+    def _schedule_idle_expiry(self) -> None:
+        """(Re-)arm the pool's one idle-expiry timer: for the oldest idle connection's
+        ``max_idle``, or ``max_idle`` from now when none is idle; none while the pool
+        holds no more than ``min_size`` (nothing may expire then; a new connection
+        re-arms it).
+        """
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        cfg = self._config
+        max_idle = cfg.max_idle
+        if (
+            max_idle is None
+            or max_idle == _INF
+            or self._state is not _OPEN
+            or self._active <= cfg.min_size
+        ):
+            return
+        loop = self._loop
+        assert loop is not None
+        now = _now()
+        oldest = min((slot.last_used for slot in self._idle), default=now)
+        self._idle_timer = loop.call_later(max(oldest + max_idle - now, 0.0), self._expire_idle)
+
+    def _expire_idle(self) -> None:
+        """The idle-expiry timer: close connections idle ``max_idle`` or longer, oldest
+        first, while the pool holds more than ``min_size``; then re-arm.
+        """
+        self._idle_timer = None
+        if self._state is not _OPEN:
+            return
+        cfg = self._config
+        assert cfg.max_idle is not None
+        now = _now()
+        for slot in sorted(self._idle, key=lambda slot: slot.last_used):
+            if self._active <= cfg.min_size or now - slot.last_used < cfg.max_idle:
+                break
+            self._retire(slot, "max_idle")
+        self._schedule_idle_expiry()
+
     def _housekeep(self) -> None:
         """One maintenance pass (sync): lifetimes, idle limits, keepalive, leaks, refill."""
         if self._state != _OPEN:
@@ -1737,16 +1809,8 @@ class Pool(AsyncpgPoolMethods):
                 self._idle.remove(slot)
                 self._set(slot, IN_USE)
                 self._discard(slot, lost=True)
-            elif (
-                now >= slot.expires_at
-                or slot.generation != self._generation
-                or (
-                    cfg.max_idle is not None
-                    and now - slot.last_used >= cfg.max_idle
-                    and self._active > cfg.min_size
-                )
-            ):
-                self._retire(slot, "max_lifetime or max_idle")
+            elif now >= slot.expires_at or slot.generation != self._generation:
+                self._retire(slot, "max_lifetime or expire()")
             elif (
                 cfg.keepalive_interval is not None
                 and now - slot.last_used >= cfg.keepalive_interval
@@ -1817,6 +1881,7 @@ class Pool(AsyncpgPoolMethods):
         if self._active > self._max_size:
             self._over_max = True  # busy ones close as they come back (_hand_over)
         self._grow()
+        self._schedule_idle_expiry()
 
     def expire(self) -> None:
         """Retire every current connection gracefully (idle now, busy ones when returned);

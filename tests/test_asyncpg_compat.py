@@ -160,6 +160,9 @@ async def test_init_size_is_accepted(
 ) -> None:
     pool = await make_pool(init_size=2, min_size=1, max_size=3)
     assert pool.get_size() == 2
+    assert pool.get_init_size() == 2  # (asyncpool gave min_size before)
+    pool = await make_pool(init_size=3, min_size=1, max_size=3)
+    assert (pool.get_init_size(), pool.get_size()) == (3, 3)
 
 
 # ------------------------------------------------------------ acquire and release
@@ -291,10 +294,14 @@ async def test_release_of_a_foreign_connection_is_refused(
     pool = await make_pool(min_size=1, max_size=1)
     other = await make_pool(min_size=1, max_size=1)
     async with other.acquire() as con:
-        with pytest.raises((asyncpg.InterfaceError, asyncpool.PoolError)):
+        with pytest.raises(asyncpg.InterfaceError) as info:
             await pool.release(con)
+        if impl == "asyncpool":
+            assert isinstance(info.value, asyncpool.PoolUsageError)
+            assert repr(pool.name) in str(info.value) and repr(other.name) in str(info.value)
+            assert pool.name != other.name  # default names are unique
     async with pool.acquire() as con:
-        with pytest.raises((asyncpg.InterfaceError, asyncpool.PoolError)):
+        with pytest.raises(asyncpg.InterfaceError):
             await pool.release(raw(con))
 
 
@@ -710,6 +717,86 @@ async def test_loop_argument_of_another_loop_is_refused(postgres_dsn: str) -> No
             await asyncpool.create_pool(postgres_dsn, loop=other)
     finally:
         other.close()
+
+
+async def test_a_connect_callback_that_returns_no_connection_fails_create_pool(
+    make_pool: MakePool,
+) -> None:
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        return 42
+
+    with pytest.raises(asyncpg.InterfaceError, match="int"):
+        await make_pool(min_size=1, max_size=1, connect=connect)
+
+
+async def test_release_inside_a_begun_transaction_is_reported_to_the_loop(
+    make_pool: MakePool, impl: str
+) -> None:
+    """asyncpg tells the event loop's exception handler (users find such bugs by it);
+    a transaction that `async with con.transaction()` manages is not reported."""
+    reported: list[str] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        pool = await make_pool(min_size=1, max_size=1)
+        con = await pool.acquire()
+        await con.execute("BEGIN")
+        await pool.release(con)
+        async with pool.acquire() as con:
+            assert not con.is_in_transaction()  # rolled back
+            async with con.transaction():
+                await con.execute("SELECT 1")
+        await settle()
+    finally:
+        loop.set_exception_handler(previous)
+    assert len(reported) == 1, reported
+    assert "Resetting connection with an active transaction" in reported[0]
+
+
+async def test_a_connection_the_server_closed_leaves_get_size_at_once(
+    make_pool: MakePool, postgres_dsn: str
+) -> None:
+    pool = await make_pool(min_size=0, max_size=2)
+    async with pool.acquire() as a, pool.acquire() as b:
+        victim = a.get_server_pid()
+        other = b.get_server_pid()
+    assert pool.get_size() == 2
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", victim)
+    finally:
+        await admin.close()
+    await eventually(lambda: pool.get_size() == 1, timeout=0.5)  # not a maintenance pass
+    async with pool.acquire() as con:
+        assert con.get_server_pid() == other
+
+
+async def test_idle_connections_expire_on_time(make_pool: MakePool) -> None:
+    """max_inactive_connection_lifetime=0.1: closed within 10 % or 50 ms of it, not at
+    the next once-a-second maintenance pass."""
+    pool = await make_pool(min_size=0, max_size=2, max_inactive_connection_lifetime=0.1)
+    loop = asyncio.get_running_loop()
+    async with pool.acquire():
+        pass
+    released = loop.time()
+    assert pool.get_size() == 1
+    await eventually(lambda: pool.get_size() == 0, timeout=2)
+    assert loop.time() - released == pytest.approx(0.1, abs=0.05)
+
+
+async def test_termination_listeners_added_through_a_lease(make_pool: MakePool, impl: str) -> None:
+    """A documented difference: asyncpg keeps a borrower's termination listener on the
+    connection, so it fires later for whoever holds the connection then; asyncpool
+    removes it when the lease ends (the listener belongs to the borrower's work)."""
+    fired: list[str] = []
+    pool = await make_pool(min_size=1, max_size=1)
+    async with pool.acquire() as con:
+        con.add_termination_listener(lambda _con: fired.append("closed"))
+    async with pool.acquire() as con:
+        raw(con).terminate()  # the server connection ends under the next borrower
+    await settle()
+    assert fired == (["closed"] if impl == "asyncpg" else [])
 
 
 # ------------------------------------------------------------ asyncpool's differences

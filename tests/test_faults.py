@@ -518,5 +518,8 @@ async def test_a_connect_function_returning_no_connection_fails_open(postgres_ds
     async def connect(*args: Any, **kwargs: Any) -> Any:
         return 42
 
-    with pytest.raises(TypeError, match=r"returned builtins.int .*not a connection"):
+    # asyncpg's pool raises InterfaceError for this; PoolUsageError is one.
+    with pytest.raises(asyncpg.InterfaceError, match=r"return an asyncpg.Connection, got "):
+        await asyncpool.create_pool(postgres_dsn, connect=connect, min_size=1)
+    with pytest.raises(asyncpool.PoolUsageError, match=r"builtins.int"):
         await asyncpool.create_pool(postgres_dsn, connect=connect, min_size=1)

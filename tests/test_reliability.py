@@ -265,3 +265,46 @@ async def test_a_down_verdict_is_fresh_for_reconnect_initial_delay_only(
     conn = await asyncio.wait_for(borrower, 1)
     await pool.release(conn)
     check_invariants(pool)
+
+
+async def test_min_size_is_restored_at_once_after_losses(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
+    """Four connections lost together: four connects start together (asyncpg restores
+    the floor at once), though connect_concurrency=2 paces borrower-driven growth."""
+    pool = make_fake_pool(min_size=4, max_size=8, connect_concurrency=2)
+    await pool.open()
+    await settle()
+    assert pool.stats().idle == 4
+    fake_server.hold_connects = True
+    for slot in list(pool._idle):
+        slot.conn.terminate()
+        pool._idle.remove(slot)
+        pool._set(slot, asyncpool.SlotState.IN_USE)
+        pool._discard(slot, lost=True)
+    await fake_server.wait_pending(4)
+    assert pool.stats().connecting == 4
+    while fake_server.pending:
+        fake_server.release_connect()
+    await settle()
+    assert pool.stats().idle == 4
+    check_invariants(pool)
+
+
+async def test_an_init_that_closes_the_connection_is_a_failed_init(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
+    closed_once: list[bool] = []
+
+    async def init(conn: Any) -> None:
+        if not closed_once:
+            closed_once.append(True)
+            await conn.close()
+
+    pool = make_fake_pool(min_size=0, max_size=1, init=init, reconnect_initial_delay=0.01)
+    await pool.open()
+    async with pool.acquire(timeout=2) as conn:  # the second connect serves
+        assert not conn.is_closed()
+    assert pool.stats().connect_errors_total == 1
+    assert pool.get_size() == 1
+    check_invariants(pool)
