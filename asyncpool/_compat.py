@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from asyncpg import Record
 
     from ._config import PoolConfig
-    from ._pool import _AcquireContext
-    from ._slots import _Slot
+    from ._core import _AcquireContext
+    from ._slots import SlotTable, _Slot
 
 __all__ = ("AsyncpgPoolMethods",)
 
@@ -43,7 +43,7 @@ class AsyncpgPoolMethods:
         # What these methods use of Pool (declared for the type checker only).
         _config: PoolConfig
         _init_size: int
-        _counts: list[int]
+        _table: SlotTable
         _idle: deque[_Slot]
         _slots: set[_Slot]
 
@@ -64,7 +64,7 @@ class AsyncpgPoolMethods:
         Connections still being opened or already being closed are not counted,
         like asyncpg's count of connected holders.
         """
-        n = self._counts
+        n = self._table.counts
         return len(self._slots) - n[SlotState.CONNECTING] - n[SlotState.CLOSING]
 
     def get_idle_size(self) -> int:

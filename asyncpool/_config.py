@@ -22,6 +22,7 @@ __all__ = (
     "redact_dsn",
     "redact_kwargs",
     "server_label",
+    "unique_name",
     "unknown_keywords",
 )
 
@@ -130,6 +131,7 @@ class PoolConfig:
     pooler: Pooler | None = None
     instances: int = 1
     budget_check: Literal["warn", "refuse", "off"] = "warn"
+    init_size: int | None = None  # asyncpg's: connections open() opens (None: min_size)
 
     __module__ = "asyncpool"
 
@@ -139,6 +141,53 @@ class PoolConfig:
         session state can be neither kept nor reset.
         """
         return self.pooler in ("pgbouncer-transaction", "pgbouncer-statement")
+
+    @classmethod
+    def from_kwargs(
+        cls,
+        dsn: str | None,
+        settings: Mapping[str, Any],
+        *,
+        connect_keywords: frozenset[str] | None,
+    ) -> PoolConfig:
+        """The one place a pool's keyword arguments become settings: pool settings by
+        their field names (and asyncpg's ``max_inactive_connection_lifetime`` for
+        ``max_idle``), every other keyword a connection argument. ``connect_keywords``:
+        what the connect function accepts (None: anything), so that a typo is refused
+        here, with the closest name, instead of failing every connect later.
+        """
+        own = {f.name for f in dataclasses.fields(cls)} - {"dsn", "connect_kwargs"}
+        values: dict[str, Any] = {}
+        connect_kwargs: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key == "max_inactive_connection_lifetime":
+                if value is not None:  # asyncpg's name for max_idle; 0 turns it off there
+                    values["max_idle"] = value or None
+            elif key in own:
+                values[key] = value
+            else:
+                connect_kwargs[key] = value
+        if connect_keywords is not None:
+            message = unknown_keywords(
+                connect_kwargs,
+                sorted(own | connect_keywords | {"max_inactive_connection_lifetime"}),
+            )
+            if message is not None:
+                target = (
+                    "asyncpg.connect()"
+                    if values.get("connect") is None
+                    else "the connect= function"
+                )
+                raise TypeError(
+                    f"asyncpool.Pool() got an {message} (it is neither a pool setting nor a "
+                    f"parameter of {target})"
+                )
+        if values.get("pooler") in ("pgbouncer-transaction", "pgbouncer-statement"):
+            # Server sessions are shared: named prepared statements cannot be cached.
+            connect_kwargs.setdefault("statement_cache_size", 0)
+        if values.get("name") is None:
+            values["name"] = unique_name(server_label(dsn, connect_kwargs))
+        return cls(dsn=dsn, connect_kwargs=connect_kwargs, **values)
 
     def __repr__(self) -> str:
         # Passwords never show: not in the DSN, nor in the connection arguments.
@@ -227,6 +276,13 @@ class PoolConfig:
             raise ValueError(
                 f"budget_check must be one of warn, refuse, off, got {self.budget_check!r}"
             )
+        if self.init_size is not None:
+            _check_count("init_size", self.init_size)
+            if not self.min_size <= self.init_size <= self.max_size:
+                raise ValueError(
+                    f"init_size must be between min_size ({self.min_size}) and max_size "
+                    f"({self.max_size}), got {self.init_size!r}"
+                )
         if self.pooler is not None and self.pooler not in POOLERS:
             raise ValueError(
                 f"pooler must be None or one of {', '.join(POOLERS)}, got {self.pooler!r}"
@@ -279,3 +335,15 @@ def unknown_keywords(given: Mapping[str, Any], accepted: Iterable[str]) -> str |
             hint = f"; did you mean {close[0]!r}?" if close else ""
             return f"unexpected keyword argument {key!r}{hint}"
     return None
+
+
+_names_used: dict[str, int] = {}
+
+
+def unique_name(label: str) -> str:
+    """A pool name not given to another pool of this process: ``label``, then
+    ``label#2``, ``label#3`` ... (metrics and tracing tell pools apart by name).
+    """
+    count = _names_used.get(label, 0) + 1
+    _names_used[label] = count
+    return label if count == 1 else f"{label}#{count}"

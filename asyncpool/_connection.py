@@ -10,14 +10,14 @@ asyncpg's own awaitable. After release every method raises
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import asyncpg
 from asyncpg.connection import _ConnectionProxy
 
 from ._errors import ConnectionReleasedError, PoolUsageError
+from ._session_api import SessionMethods
 from ._tracking import _cache as _verdicts
 from ._tracking import (
     may_leave_session_state,
@@ -32,9 +32,8 @@ if TYPE_CHECKING:
     from asyncpg.cursor import CursorFactory
     from asyncpg.prepared_stmt import PreparedStatement
     from asyncpg.transaction import Transaction
-    from asyncpg.types import ServerVersion
 
-    from ._pool import Pool
+    from ._session_api import Lender
     from ._slots import _Slot
 
     # asyncpg-stubs make the proxy base generic in the record type; at run time it
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
 else:
     _ProxyBase = _ConnectionProxy
 
-__all__ = ("PooledConnection", "wrapper_classes")
+__all__ = ("PooledConnection",)
 
 logger = logging.getLogger("asyncpool.connection")
 
@@ -54,7 +53,7 @@ _R = TypeVar("_R", bound="Record")
 IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
 
 
-class PooledConnection(_ProxyBase):
+class PooledConnection(SessionMethods, _ProxyBase):
     """A connection lent by an asyncpool :class:`Pool`; behaves like ``asyncpg.Connection``
     (``isinstance(conn, asyncpg.Connection)`` is true, as for asyncpg's own pool).
 
@@ -68,7 +67,7 @@ class PooledConnection(_ProxyBase):
 
     # Made by the pool with object.__new__ and plain stores (half the cost of a class
     # call that runs an __init__ on CPython 3.11), never by calling the class.
-    _pool: Pool
+    _pool: Lender
     _slot: _Slot | None  # None once released
     _con: Any  # the asyncpg connection; None once released
     _lease: int  # the slot's lend number this wrapper belongs to
@@ -432,177 +431,9 @@ class PooledConnection(_ProxyBase):
             where=where,
         )
 
-    # -- listeners (each marks the session dirty: release removes them) ------------
-
-    def add_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro[None]:
-        """LISTEN on ``channel``; removed (UNLISTEN) when the connection is released."""
-        con = self._live("add_listener")
-        if self._pool._config.shares_server_sessions:
-            self._refuse_session_feature("LISTEN")
-        self._slot.dirty = True  # type: ignore[union-attr]
-        return con.add_listener(channel, callback)  # type: ignore[no-any-return]
-
-    def remove_listener(self, channel: str, callback: Callable[..., Any]) -> _Coro[None]:
-        """Remove a listener added with :meth:`add_listener`."""
-        return self._live("remove_listener").remove_listener(channel, callback)  # type: ignore[no-any-return]
-
-    def add_log_listener(self, callback: Callable[..., Any]) -> None:
-        """Receive server log messages (removed on release)."""
-        con = self._live("add_log_listener")
-        self._slot.dirty = True  # type: ignore[union-attr]
-        con.add_log_listener(callback)
-
-    def remove_log_listener(self, callback: Callable[..., Any]) -> None:
-        """Remove a log listener."""
-        self._live("remove_log_listener").remove_log_listener(callback)
-
-    def _remember(self, remover: str, callback: Callable[..., Any]) -> None:
-        slot = self._slot
-        assert slot is not None
-        if slot.callbacks is None:
-            slot.callbacks = []
-        slot.callbacks.append((remover, callback))
-
-    def add_termination_listener(self, callback: Callable[..., Any]) -> None:
-        """Be told when the underlying connection closes (removed on release)."""
-        self._live("add_termination_listener").add_termination_listener(callback)
-        self._remember("remove_termination_listener", callback)
-
-    def remove_termination_listener(self, callback: Callable[..., Any]) -> None:
-        """Remove a termination listener."""
-        self._live("remove_termination_listener").remove_termination_listener(callback)
-
-    def add_query_logger(self, callback: Callable[..., Any]) -> None:
-        """Log every query run on this connection (removed on release)."""
-        self._live("add_query_logger").add_query_logger(callback)
-        self._remember("remove_query_logger", callback)
-
-    def remove_query_logger(self, callback: Callable[..., Any]) -> None:
-        """Remove a query logger."""
-        self._live("remove_query_logger").remove_query_logger(callback)
-
-    def query_logger(self, callback: Callable[..., Any]) -> Any:
-        """A context manager that logs the queries run inside it with ``callback``."""
-        return self._live("query_logger").query_logger(callback)
-
-    # -- introspection and codecs ----------------------------------------------
-
-    def get_server_pid(self) -> int:
-        """The PID of the server process behind this connection."""
-        return int(self._live("get_server_pid").get_server_pid())
-
-    def get_server_version(self) -> ServerVersion:
-        """The server version as asyncpg's ``ServerVersion`` tuple."""
-        return self._live("get_server_version").get_server_version()  # type: ignore[no-any-return]
-
-    def get_settings(self) -> Any:
-        """Asyncpg's connection settings object."""
-        return self._live("get_settings").get_settings()
-
-    def is_closed(self) -> bool:
-        """True when the underlying connection is closed."""
-        return bool(self._live("is_closed").is_closed())
-
-    def set_type_codec(self, typename: str, **kwargs: Any) -> _Coro[None]:
-        """Set a custom codec (it stays on the connection: prefer the pool's ``init``)."""
-        return self._live("set_type_codec").set_type_codec(typename, **kwargs)  # type: ignore[no-any-return]
-
-    def reset_type_codec(self, typename: str, **kwargs: Any) -> _Coro[None]:
-        """Reset a codec to asyncpg's default."""
-        return self._live("reset_type_codec").reset_type_codec(typename, **kwargs)  # type: ignore[no-any-return]
-
-    def set_builtin_type_codec(self, typename: str, **kwargs: Any) -> _Coro[None]:
-        """Set a builtin codec (it stays on the connection: prefer the pool's ``init``)."""
-        return self._live("set_builtin_type_codec").set_builtin_type_codec(  # type: ignore[no-any-return]
-            typename, **kwargs
-        )
-
-    def reload_schema_state(self) -> _Coro[None]:
-        """Drop cached type and statement information after schema changes."""
-        return self._live("reload_schema_state").reload_schema_state()  # type: ignore[no-any-return]
-
-    # -- closing -----------------------------------------------------------------
-
-    def close(self, *, timeout: float | None = None) -> _Coro[None]:
-        """Close the underlying connection; the pool replaces it when it is released."""
-        return self._live("close").close(timeout=timeout)  # type: ignore[no-any-return]
-
-    def terminate(self) -> None:
-        """Abort the underlying connection; the pool replaces it when it is released."""
-        self._live("terminate").terminate()
-
-    def reset(self, *, timeout: float | None = None) -> _Coro[None]:
-        """Run asyncpg's own session reset now (the pool resets on release anyway)."""
-        return self._live("reset").reset(timeout=timeout)  # type: ignore[no-any-return]
-
-    def get_reset_query(self) -> str:
-        """The statement asyncpg's ``reset()`` runs on this server."""
-        return self._live("get_reset_query").get_reset_query()  # type: ignore[no-any-return]
-
     # No __getattr__ here: a class with one loses CPython's fast attribute access (every
     # `conn.fetchval` and `conn._con` would take the slow generic lookup). Names that a
     # connection_class adds are forwarded by a subclass made for it (wrapper_classes).
-
-
-def _forward(name: str) -> property:
-    def get(self: PooledConnection) -> Any:
-        return getattr(self._live(name), name)
-
-    return property(get, doc=f"The connection's own ``{name}``.")
-
-
-def _forward_any(self: PooledConnection, name: str) -> Any:
-    if name.startswith("_"):
-        raise AttributeError(name)
-    return getattr(self._live(name), name)
-
-
-def _reclaim_dropped(self: PooledConnection) -> None:
-    """``__del__`` of the wrappers ``await pool.acquire()`` lends."""
-    slot = self._slot
-    if slot is not None:
-        # Dropped without release: hand the slot back on the pool's loop.
-        self._pool._reclaim_later(slot, self._lease)
-
-
-def _subclass(base: type[PooledConnection], namespace: dict[str, Any]) -> type[PooledConnection]:
-    namespace.update(__slots__=(), __module__="asyncpool", __doc__=PooledConnection.__doc__)
-    return type("PooledConnection", (base,), namespace)
-
-
-_Wrappers = tuple[type[PooledConnection], type[PooledConnection]]
-
-_GUARDED = _subclass(PooledConnection, {"__del__": _reclaim_dropped})
-_wrappers: weakref.WeakKeyDictionary[type, _Wrappers] = weakref.WeakKeyDictionary()
-
-
-def wrapper_classes(conn_type: type) -> _Wrappers:
-    """The classes of the wrappers lent for connections of ``conn_type``: for leases
-    that ``async with pool.acquire()`` ends, and for those of ``await pool.acquire()``,
-    whose wrapper also reclaims its connection if it is dropped unreleased (its
-    ``__del__``; an ``async with`` block always releases, so it is spared that cost).
-
-    :class:`PooledConnection` itself for ``asyncpg.Connection``. For another class (a
-    ``connection_class`` subclass, or what a custom ``connect`` returns) subclasses
-    that also forward the public names that class adds, as asyncpg's pool does; if
-    its instances can carry attributes of their own (they have a ``__dict__``), any
-    other name is looked up on the connection too, at the price of slower attribute
-    access on that pool's wrappers.
-    """
-    if conn_type is asyncpg.Connection:
-        return PooledConnection, _GUARDED
-    classes = _wrappers.get(conn_type)
-    if classes is None:
-        namespace: dict[str, Any] = {
-            name: _forward(name)
-            for name in dir(conn_type)
-            if not name.startswith("_") and not hasattr(PooledConnection, name)
-        }
-        if getattr(conn_type, "__dictoffset__", 0):
-            namespace["__getattr__"] = _forward_any
-        scoped = _subclass(PooledConnection, namespace)
-        classes = _wrappers[conn_type] = (scoped, _subclass(scoped, {"__del__": _reclaim_dropped}))
-    return classes
 
 
 def _given(**kwargs: Any) -> dict[str, Any]:

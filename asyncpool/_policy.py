@@ -7,7 +7,18 @@ calls these, and then does the I/O they decide on. Each is tested by a table in
 
 from __future__ import annotations
 
-__all__ = ("connects_to_start",)
+from typing import Literal, NamedTuple
+
+__all__ = (
+    "HAND_OVER",
+    "STALL_FLOOR",
+    "ReturnVerdict",
+    "connects_to_start",
+    "diagnose_timeout",
+    "next_backoff",
+    "return_verdict",
+    "stall_limit",
+)
 
 
 def connects_to_start(
@@ -46,3 +57,114 @@ def connects_to_start(
     if down:
         floor = min(floor, in_flight_room)
     return max(min(max(for_waiters, floor), room), 0)
+
+
+def next_backoff(previous: float, initial: float, cap: float) -> float:
+    """The reconnect backoff after one more failure: doubling from ``initial`` up to
+    ``cap`` (the caller waits a random 50-100 % of it, so pools do not retry in step).
+    """
+    return min(max(previous * 2, initial), cap)
+
+
+#: A background connect or round trip running this long while borrowers wait is given
+#: up and tried afresh; four times the usual connect time when that is more.
+STALL_FLOOR = 1.0
+
+
+def stall_limit(connect_estimate: float | None) -> float:
+    """How long a background connect or round trip may take while borrowers wait:
+    four times the usual connect time, at least :data:`STALL_FLOOR`; no limit before a
+    connect has succeeded (nothing is known of the server's speed yet).
+    """
+    if connect_estimate is None:
+        return float("inf")
+    return max(STALL_FLOOR, 4 * connect_estimate)
+
+
+class ReturnVerdict(NamedTuple):
+    """What to do with a connection given back: ``action`` is ``"hand over"`` (ready
+    as it is), ``"reset"`` (``rollback`` and/or ``full`` reset, or the custom reset
+    callable, first), ``"retire"`` (close politely) or ``"discard"`` (abort).
+    """
+
+    action: Literal["hand over", "reset", "retire", "discard"]
+    rollback: bool = False
+    full: bool = False
+
+
+HAND_OVER = ReturnVerdict("hand over")
+
+
+def return_verdict(
+    *,
+    closed: bool,
+    used_up: bool,
+    needs_rollback: bool,
+    dirty: bool,
+    mode: str,
+    shares_sessions: bool,
+) -> ReturnVerdict:
+    """Decide the fate of a returned connection.
+
+    ``closed``: the connection is gone; ``used_up``: past its lifetime, uses or queries,
+    or expired; ``needs_rollback``: a transaction (or a cancelled query) is open;
+    ``dirty``: the lease ran statements that may change session state; ``mode``: the
+    ``reset`` setting (``"custom"`` for a callable); ``shares_sessions``: behind a
+    transaction or statement pooler (session state can be neither kept nor reset).
+    The hot path (``PoolCore._returned``) decides the common case inline: clean, not
+    dirty, ``reset="auto"``, no pooler is :data:`HAND_OVER` (a test pins the two).
+    """
+    if closed:
+        return ReturnVerdict("discard")
+    if used_up:
+        return ReturnVerdict("retire")
+    full = (dirty if mode == "auto" else mode == "full") and not shares_sessions
+    if not (needs_rollback or full or mode == "custom"):
+        return HAND_OVER
+    if mode == "none":
+        return ReturnVerdict("discard")  # no reset query allowed: replace it
+    return ReturnVerdict("reset", rollback=needs_rollback, full=full)
+
+
+def diagnose_timeout(
+    *,
+    waited: float,
+    name: str,
+    size: int,
+    max_size: int,
+    in_use: int,
+    idle: int,
+    connecting: int,
+    busy: int,
+    waiting: int,
+    oldest_held: float,
+    leak_timeout: float | None,
+    down: bool,
+    last_error: str | None,
+) -> str:
+    """The message of a :class:`PoolTimeout`: the pool's state, and the likely cause
+    with what to change. ``busy``: connections lent, being reset or being checked.
+    """
+    if last_error is not None and down:
+        cause = f"the database looks down (last connect error: {last_error})"
+    elif leak_timeout is not None and oldest_held > leak_timeout:
+        cause = (
+            f"a borrower has held a connection for {oldest_held:.1f}s, longer than "
+            f"leak_timeout={leak_timeout}s: likely a leak (see the leak warning)"
+        )
+    elif busy >= max_size:
+        cause = (
+            f"the pool is at max_size={max_size} and every connection is busy: "
+            "raise max_size (if the server allows), shorten transactions, or raise "
+            "acquire_timeout"
+        )
+    elif last_error is not None:
+        cause = f"new connections fail: {last_error}"
+    else:
+        cause = "connections are being opened too slowly (see connect_timeout)"
+    return (
+        f"asyncpool pool {name!r}: no connection after waiting {waited:.3f}s "
+        f"(size={size}/{max_size}, in_use={in_use}, idle={idle}, "
+        f"connecting={connecting}, waiting={waiting}, oldest borrower has held "
+        f"its connection {oldest_held:.3f}s). Likely cause: {cause}"
+    )

@@ -121,15 +121,7 @@ def check_slots(pool: Any) -> None:
     """Every slot counted exactly once, and the waiters too (no size bound: a model
     step may leave the pool above max_size while resized connections close)."""
     stats = pool.stats()
-    by_state = [0] * 6
-    for slot in pool._slots:
-        by_state[slot.state] += 1
-    # The IDLE/IN_USE split is settled from the idle deque: it must hold exactly
-    # the IDLE slots, once each.
-    counts = pool._state_counts()
-    assert by_state == counts, (by_state, counts)
-    assert pool._active == len(pool._slots) - counts[5], (pool._active, counts)  # not CLOSING
-    assert len(set(pool._idle)) == len(pool._idle)
+    pool._table.check()  # each slot once in its state, the idle deque exactly the IDLE ones
     assert stats.size == len(pool._slots)
     assert stats.size == (
         stats.idle
@@ -140,7 +132,7 @@ def check_slots(pool: Any) -> None:
         + stats.closing
     )
     assert len(pool._idle) == stats.idle
-    live = sum(1 for w in pool._waiters if not w[0].done())
+    live = sum(1 for fut in pool._waiters.futures() if not fut.done())
     assert live == stats.waiting, (live, stats.waiting)
 
 

@@ -148,11 +148,13 @@ def test_create_pool_accepts_asyncpgs_arguments() -> None:
     """Every argument of asyncpg.create_pool is a parameter of asyncpool's Pool (except
     those that go to asyncpg.connect: connection_class, record_class), and the defaults
     of pure asyncpg arguments do not clash."""
+    from asyncpool._settings_types import PoolSettings
+
     theirs = inspect.signature(asyncpg.create_pool).parameters
-    ours = inspect.signature(asyncpool.Pool).parameters
-    missing = set(theirs) - set(ours) - {"connection_class", "record_class", "connect_kwargs"}
-    assert missing <= {"init_size"}, missing  # init_size: see the xfail below
-    assert "connect_kwargs" in ours
+    ours = set(PoolSettings.__optional_keys__)  # the keywords Pool() takes, typed
+    missing = set(theirs) - ours - {"dsn", "connection_class", "record_class", "connect_kwargs"}
+    assert not missing, missing
+    # (asyncpg's connect_kwargs is a **kwargs: any asyncpg.connect keyword passes on.)
 
 
 async def test_init_size_is_accepted(

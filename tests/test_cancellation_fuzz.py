@@ -99,7 +99,7 @@ SWEEP_CONFIGS: list[dict[str, Any]] = [
         "max_lifetime": None,
         "keepalive_interval": None,
     },
-    # Every lend pings first (pool._check), a setup hook runs per checkout.
+    # Every lend pings first (pool._check, under pool._probe), a setup hook runs per checkout.
     {
         "max_size": 3,
         "min_size": 0,
@@ -152,8 +152,8 @@ async def test_cancel_at_every_await_point_fake() -> None:
         assert steps[step] > 0, (step, steps)
     frames = tally.by(2)
     for frame in (
-        "pool.__aenter__",
-        "pool._check",
+        "pool._wait",  # queued for a connection
+        "pool._probe",  # in the ping before a lend (_check runs it under the probe)
         "pool._run_setup",
         "fake.execute",
         "test.slow",

@@ -444,7 +444,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule()
     def fail_connect(self) -> None:
         pool = self.pool
-        open_before = pool._open_count()
+        open_before = pool._table.open_count()
         waiting = self.waiting()
         self.connect_failed = True
         self.server.release_connect(ConnectionRefusedError("model: refused"))

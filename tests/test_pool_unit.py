@@ -175,7 +175,7 @@ async def test_time_histograms_file_durations_by_the_bounds(
     """The hot path files wait and use times with unrolled comparisons for the first
     buckets: each duration at and around every bound lands where HISTOGRAM_BOUNDS says."""
     now = [0.0]
-    monkeypatch.setattr(asyncpool._pool, "_now", lambda: now[0])  # type: ignore[attr-defined]
+    monkeypatch.setattr(asyncpool._core, "_now", lambda: now[0])  # type: ignore[attr-defined]
     # (A deadline far beyond the loop's real clock: this test's clock starts at 0.)
     pool = await open_pool(make_fake_pool, min_size=1, max_size=1, acquire_timeout=1e9)
     pool._clock = lambda: now[0]  # (uvloop's pools read the loop's clock)

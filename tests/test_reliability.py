@@ -277,11 +277,9 @@ async def test_min_size_is_restored_at_once_after_losses(
     await settle()
     assert pool.stats().idle == 4
     fake_server.hold_connects = True
-    for slot in list(pool._idle):
+    for slot in list(pool._idle):  # the server ends all four sessions
         slot.conn.terminate()
-        pool._idle.remove(slot)
-        pool._set(slot, asyncpool.SlotState.IN_USE)
-        pool._discard(slot, lost=True)
+        pool._on_closed(slot, slot.conn)  # (what asyncpg's termination listener calls)
     await fake_server.wait_pending(4)
     assert pool.stats().connecting == 4
     while fake_server.pending:

@@ -68,12 +68,15 @@ def test_the_type_check_fails_when_a_type_regresses(tmp_path: Path) -> None:
 
 
 def test_create_pool_settings_match_pool_keywords() -> None:
-    init = inspect.signature(asyncpool.Pool.__init__).parameters
-    keywords = {name for name, p in init.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    settings = set(PoolSettings.__optional_keys__)
-    assert keywords <= settings, f"missing from PoolSettings: {sorted(keywords - settings)}"
-    # The rest are asyncpg.connect's arguments, which Pool passes on.
+    """PoolSettings (the typed keywords of Pool and create_pool) names every pool setting
+    (PoolConfig's fields) and asyncpg's aliases; the rest are asyncpg.connect's arguments."""
+    import dataclasses
+
     import asyncpg
 
+    fields = {f.name for f in dataclasses.fields(asyncpool.PoolConfig)} - {"dsn", "connect_kwargs"}
+    keywords = fields | {"loop", "max_inactive_connection_lifetime"}
+    settings = set(PoolSettings.__optional_keys__)
+    assert keywords <= settings, f"missing from PoolSettings: {sorted(keywords - settings)}"
     connect = set(inspect.signature(asyncpg.connect).parameters)
     assert settings - keywords <= connect, sorted(settings - keywords - connect)

@@ -1,0 +1,182 @@
+"""The queue of borrowers waiting for a connection: futures with deadlines, one timer.
+
+Each waiter is a future in a deque, oldest first. :meth:`WaiterQueue.give` hands an
+item (a connection's slot) to the oldest waiter still waiting: a waiter that timed out
+or was cancelled has a done future and is skipped, so a hand-off is never lost. A
+waiter cancelled in the same tick as it was handed an item gives it back through
+:meth:`WaiterQueue.abandon`, for the caller to pass on.
+
+Deadlines. Most waiters use the pool's default timeout: their deadlines never decrease
+along the deque, so the deque itself orders them. A waiter with a timeout of its own
+goes into a heap as well. One timer, armed for the earliest deadline, serves them all;
+when it fires, every waiter past its deadline is failed with the error the owner's
+``timed_out(started, now)`` callback makes, and the timer re-arms. No waiter's deadline
+waits on another's: the timer scans the deque only up to the first default deadline
+still ahead, and the heap by its own order.
+
+Synchronous throughout: no ``await``, so on one event loop these operations need no
+lock and cannot be interrupted by a cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from heapq import heapify, heappop, heappush
+from typing import Generic, TypeVar
+
+__all__ = ("WaiterQueue",)
+
+_T = TypeVar("_T")
+_INF = float("inf")
+_Future = asyncio.Future
+
+
+class WaiterQueue(Generic[_T]):
+    """Borrowers waiting for an item, first come first served, each with a deadline."""
+
+    __slots__ = ("_fifo", "_heap", "_loop", "_seq", "_timed_out", "_timer", "_timer_at", "live")
+
+    def __init__(self, timed_out: Callable[[float, float], BaseException]) -> None:
+        """``timed_out(started, now)``: the error for a waiter whose deadline passed
+        (called once per such waiter, in the timer's callback).
+        """
+        self._timed_out = timed_out
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # (future, deadline if in arrival order else inf, start), oldest first.
+        self._fifo: deque[tuple[asyncio.Future[_T], float, float]] = deque()
+        # Deadlines of waiters with their own timeout: (deadline, seq, future, start).
+        self._heap: list[tuple[float, int, asyncio.Future[_T], float]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _INF
+        #: Waiters still waiting (futures not done).
+        self.live = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Use ``loop`` for futures and the timer (when the pool opens)."""
+        self._loop = loop
+
+    def __len__(self) -> int:
+        return self.live
+
+    def futures(self) -> list[asyncio.Future[_T]]:
+        """Every queued future, oldest first, done or not (for invariant checks)."""
+        return [entry[0] for entry in self._fifo]
+
+    def push(self, started: float, deadline: float, *, in_order: bool) -> asyncio.Future[_T]:
+        """Queue a waiter: the future its item will be handed over on. ``in_order``: its
+        deadline is not earlier than any default deadline queued before it (the pool's
+        own timeout); else it also goes into the heap. ``deadline=inf``: no deadline.
+        """
+        # asyncio.Future itself (not loop.create_future(), a Python call on asyncio's
+        # loops): every loop asyncpool supports makes plain asyncio futures.
+        fut: asyncio.Future[_T] = _Future(loop=self._loop)
+        if in_order:
+            self._fifo.append((fut, deadline, started))
+            if deadline < self._timer_at:
+                self._arm(deadline)
+        else:
+            self._fifo.append((fut, _INF, started))
+            if deadline != _INF:
+                self._push_heap(fut, deadline, started)
+        self.live += 1
+        return fut
+
+    def give(self, item: _T) -> bool:
+        """Hand ``item`` to the oldest live waiter (True), or to nobody (False)."""
+        fifo = self._fifo
+        while fifo:
+            fut = fifo.popleft()[0]
+            if not fut.done():
+                self.live -= 1
+                fut.set_result(item)
+                return True
+        return False
+
+    def abandon(self, fut: asyncio.Future[_T]) -> _T | None:
+        """A waiter stopped waiting (cancelled, or its task gave up): forget it. Returns
+        the item it was handed in the same tick, if any, for the caller to pass on.
+        """
+        handed: _T | None = None
+        if fut.cancelled() or not fut.done():
+            # Task.cancel() cancels the future the task awaits: still counted as live.
+            fut.cancel()
+            self.live -= 1
+        elif fut.exception() is None:
+            handed = fut.result()
+        if len(self._fifo) > 2 * self.live + 64:  # dead entries pile up: compact
+            self._fifo = deque(entry for entry in self._fifo if not entry[0].done())
+        return handed
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every live waiter with ``error`` (the pool is closing, or down)."""
+        while self._fifo:
+            fut = self._fifo.popleft()[0]
+            if not fut.done():
+                self.live -= 1
+                fut.set_exception(error)
+                fut.exception()  # retrieved: a waiter cancelled in this tick never reads it
+
+    def close(self) -> None:
+        """Stop the timer and forget the deadlines (the pool is closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = _INF
+        self._heap.clear()
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _push_heap(self, fut: asyncio.Future[_T], deadline: float, started: float) -> None:
+        heap = self._heap
+        while heap and heap[0][2].done():
+            heappop(heap)
+        if len(heap) > 2 * self.live + 256:
+            # Entries of waiters served or gone while others waited pile up: compact.
+            self._heap = heap = [e for e in heap if not e[2].done()]
+            heapify(heap)
+        self._seq += 1
+        heappush(heap, (deadline, self._seq, fut, started))
+        if deadline < self._timer_at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The timer: fail every waiter whose deadline has passed, then re-arm."""
+        self._timer = None
+        self._timer_at = _INF
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        expired: list[tuple[asyncio.Future[_T], float]] = []
+        earliest = _INF
+        for fut, deadline, started in self._fifo:  # in-order deadlines: stop at the first
+            if deadline <= now:  # one still ahead (own-timeout entries hold inf here)
+                expired.append((fut, started))
+            elif deadline != _INF:
+                earliest = deadline
+                break
+        heap = self._heap
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            _, _, fut, started = heappop(heap)
+            expired.append((fut, started))
+        for fut, started in expired:  # (callbacks run here: the deque is not iterated)
+            if not fut.done():
+                self.live -= 1
+                fut.set_exception(self._timed_out(started, now))
+        fifo = self._fifo
+        while fifo and fifo[0][0].done():
+            fifo.popleft()
+        if heap and heap[0][0] < earliest:
+            earliest = heap[0][0]
+        if earliest != _INF:
+            self._arm(earliest)
