@@ -45,9 +45,6 @@ logger = logging.getLogger("asyncpool")
 BudgetPolicy = Literal["warn", "refuse", "off"]
 BUDGET_POLICIES: tuple[str, ...] = ("warn", "refuse", "off")
 
-# The error raised by policy="refuse".
-_BudgetError = ConnectionBudgetExceeded
-
 # One round trip. ``reserved_connections`` exists from PostgreSQL 16 (NULL before).
 # pg_stat_activity lists every backend to every role, but hides ``backend_type`` of
 # other roles' sessions from roles without pg_read_all_stats; such a row counts as a
@@ -245,7 +242,7 @@ async def check_budget(
         return result
     if not result.ok:
         if policy == "refuse":
-            raise _BudgetError(result.message + " (budget_check='refuse')")
+            raise ConnectionBudgetExceeded(result.message + " (budget_check='refuse')")
         logger.warning("%s", result.message)
     elif not result.fits_now:
         logger.warning("%s", result.message)

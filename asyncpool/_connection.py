@@ -14,9 +14,9 @@ from collections.abc import Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import asyncpg
-from asyncpg.connection import _ConnectionProxy
 
 from ._errors import ConnectionReleasedError, PoolUsageError
+from ._pg import ConnectionProxy
 from ._session_api import SessionMethods
 from ._tracking import _cache as _verdicts
 from ._tracking import (
@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 
     # asyncpg-stubs make the proxy base generic in the record type; at run time it
     # is asyncpg's plain class (this alias costs nothing on attribute access).
-    _ProxyBase = _ConnectionProxy[Record]
+    _ProxyBase = ConnectionProxy[Record]
 else:
-    _ProxyBase = _ConnectionProxy
+    _ProxyBase = ConnectionProxy
 
 __all__ = ("PooledConnection",)
 
@@ -121,10 +121,6 @@ class PooledConnection(SessionMethods, _ProxyBase):
                 "another server connection; use SET LOCAL / transaction-scoped locks, or "
                 "connect directly to PostgreSQL for this work"
             )
-
-    def _detach(self) -> None:
-        self._con = None
-        self._slot = None
 
     def mark_dirty(self) -> None:
         """Tell the pool this borrower changed session state it could not see.

@@ -19,13 +19,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
+from asyncpg.connection import _ConnectionProxy
 
 from ._config import PoolConfig
 from ._errors import PoolUsageError
 from ._quiet import quiet
 
+#: asyncpg's base class of pool proxies: ``isinstance(x, asyncpg.Connection)`` holds for
+#: its subclasses, which is how asyncpool's lent connection passes for one.
+ConnectionProxy = _ConnectionProxy
+
 __all__ = (
     "CONFIG_ERROR",
+    "ConnectionProxy",
     "FULL_RESET_SQL",
     "OUTAGE",
     "SERVER_FULL",
