@@ -323,13 +323,10 @@ class RoutingPool:
                 exc,
             )
         self._mark_failed(index)
-        # The failed pool is closed; replace it with one that opens without connecting
-        # and then keeps min_size connections coming in the background.
-        min_size = pool.config.min_size
-        kwargs = {**self._replica_kwargs, "min_size": 0}
-        replacement = Pool(self._replica_dsns[index], name=pool.name, **kwargs)
-        await replacement.open()
-        replacement.resize(min_size=min_size)
+        # The failed pool is closed; a pool opens once, so its replacement opens without
+        # waiting and keeps its connections coming in the background.
+        replacement = Pool(self._replica_dsns[index], **{**self._replica_kwargs, "name": pool.name})
+        await replacement.open(wait=False)
         self._replicas[index] = replacement
 
     def _start_watchers(self, interval: float) -> None:

@@ -306,3 +306,24 @@ async def test_an_init_that_closes_the_connection_is_a_failed_init(
     assert pool.stats().connect_errors_total == 1
     assert pool.get_size() == 1
     check_invariants(pool)
+
+
+async def test_open_without_waiting_connects_in_the_background(
+    make_fake_pool: Any, fake_server: FakeServer
+) -> None:
+    """open(wait=False): open at once (an application starting while its database is
+    not up yet); borrowers wait for the first connections."""
+    fake_server.hold_connects = True
+    pool = make_fake_pool(min_size=2, max_size=3)
+    await asyncio.wait_for(pool.open(wait=False), 0.5)
+    assert pool.stats().connecting == 2
+    borrower = asyncio.ensure_future(pool.acquire(timeout=5))
+    await settle()
+    assert not borrower.done()
+    while fake_server.pending:
+        fake_server.release_connect()
+    conn = await asyncio.wait_for(borrower, 1)
+    await pool.release(conn)
+    await settle()
+    assert pool.stats().size == 2
+    check_invariants(pool)

@@ -102,11 +102,10 @@ async def _start_pool(dsn: str | None, degraded_ok: bool, pool_kwargs: dict[str,
             exc,
             min_size,
         )
-        # A pool opens only once; the new one opens with nothing to connect, then
-        # resize() starts the background connects (retried with backoff).
-        pool = Pool(dsn, **{**pool_kwargs, "min_size": 0})
-        await pool.open()
-        pool.resize(min_size=min_size)
+        # A pool opens only once; its replacement opens without waiting, and connects in
+        # the background (retried with backoff).
+        pool = Pool(dsn, **{**pool_kwargs, "name": pool.name})
+        await pool.open(wait=False)
     return pool
 
 
