@@ -123,6 +123,8 @@ class PoolCore(PoolState):
         """Queue a borrower (sync), refusing when the database is down or the queue full,
         and start a connect for it if the pool may grow.
         """
+        if self._state is not OPEN:
+            raise self._refuse()
         if self._down or self._max_waiting is not None:
             self._may_wait()
         fut = self._waiters.push(started, deadline, in_order=in_order)
@@ -182,32 +184,20 @@ class PoolCore(PoolState):
 
     # ------------------------------------------------------------ waiting (async)
 
-    async def _wait(self, timeout: float | None) -> tuple[_Slot, float]:
-        """The slow path of acquire: check idle connections that need it (a ping), else
-        queue until a connection is handed over or the deadline passes. Returns the slot
-        (IN_USE, for the caller to lend at once) and the seconds waited.
+    async def _checked_idle(self, started: float, deadline: float) -> _Slot | None:
+        """The idle connections that need a look before a lend (a ping, or retirement):
+        the first usable one (IN_USE, for the caller to lend), or None when none is left
+        and the borrower must queue.
         """
-        clock = self._clock
-        started = clock()
-        in_order = timeout is None  # the pool's own timeout: deadlines in arrival order
-        deadline = started + (self._acquire_timeout if timeout is None else timeout)
-        while True:
+        while self._idle and not self._waiters.live:
             if self._state is not OPEN:
                 raise self._refuse()
-            slot = None if self._waiters.live else self._take_idle(_now())
+            slot = self._take_idle(_now())
             if slot is None:
-                fut = self._enqueue(started, deadline, in_order)
-                in_order = False  # (queued again after a check: its deadline may come first)
-                try:
-                    slot = await fut
-                except BaseException as exc:
-                    self._abandon(fut, exc)
-                    raise
-                if self._state is not OPEN:
-                    self._handed_late(slot)
-            elif slot.state is CHECKING and not await self._check(slot, started, deadline):
-                continue
-            return slot, clock() - started
+                return None
+            if slot.state is not CHECKING or await self._check(slot, started, deadline):
+                return slot
+        return None
 
     async def _check(self, slot: _Slot, started: float, deadline: float) -> bool:
         """Ping a doubtful idle connection for a borrower (PoolWorkers provides it)."""
@@ -364,7 +354,8 @@ class _AcquireContext:
     The hot path lives here, inlined (a method call is a tenth of what an idle acquire
     costs): lend the most recently used idle connection when it needs no check. Its
     state change is synchronous and ends before the first ``await``; everything else
-    goes to :meth:`PoolCore._wait`, and both end in the same lend block.
+    goes to the slow path (:meth:`PoolCore._checked_idle`, then :meth:`PoolCore._enqueue`
+    and the wait), and both end in the same lend block.
     """
 
     __slots__ = ("_conn", "_guarded", "_pool", "_timeout")
@@ -394,11 +385,12 @@ class _AcquireContext:
             check_loop(pool)
         idle = pool._idle
         waited = 0.0
+        slot: _Slot | None = None
         if idle and not pool._waiters.live:
             slot = idle[-1]
             now = _now()
             idle_for = now - slot.last_used
-            if (
+            if not (
                 now < slot.expires_at
                 and idle_for < pool._ping_after
                 and not slot.conn.is_closed()
@@ -406,16 +398,31 @@ class _AcquireContext:
                 # one poll(0) where the pool is not busy; none on one just given back.
                 and (idle_for < _INPUT_CHECK_AFTER or not slot.has_input())
             ):
-                idle.pop()
-                slot.state = IN_USE  # IDLE -> IN_USE: no counter changes (see SlotTable)
-                slot.acquired_at = now
-            else:
-                slot, waited = await pool._wait(self._timeout)  # idle ones to check first
-                slot.acquired_at = _now()
-                pool._counters.wait_time.add(waited)
-        else:  # nothing idle, or others wait first: queue
-            slot, waited = await pool._wait(self._timeout)
+                slot = None  # idle ones to check (or retire) first: the slow path below
+        if slot is not None:
+            idle.pop()
+            slot.state = IN_USE  # IDLE -> IN_USE: no counter changes (see SlotTable)
+            slot.acquired_at = now
+        else:  # the slow path: check idle ones, else queue (see PoolCore._enqueue)
+            timeout = self._timeout
+            clock = pool._clock
+            started = clock()
+            deadline = started + (pool._acquire_timeout if timeout is None else timeout)
+            in_order = timeout is None  # the pool's own timeout: deadlines in arrival order
+            if idle and not pool._waiters.live:
+                slot = await pool._checked_idle(started, deadline)
+                in_order = False  # (that may have taken a while)
+            if slot is None:
+                fut = pool._enqueue(started, deadline, in_order)
+                try:
+                    slot = await fut
+                except BaseException as exc:
+                    pool._abandon(fut, exc)
+                    raise
+                if pool._state is not OPEN:
+                    pool._handed_late(slot)
             slot.acquired_at = _now()
+            waited = clock() - started
             pool._counters.wait_time.add(waited)
         # The lend block, for both paths.
         slot.uses += 1

@@ -17,7 +17,7 @@ It strikes either when the borrower reaches a chosen await point (then after 0-4
 further loop iterations, so it also lands *inside* the await: while queued, after a
 hand-off but before the task resumed, mid-query ...) or at a random time. Every
 ``CancelledError`` a borrower observes is tallied by mechanism, by the borrower's step
-and by the innermost frame it struck in (``pool._wait``, ``pool._probe``,
+and by the innermost frame it struck in (``pool.__aenter__``, ``pool._probe``,
 ``fake.execute``, ``asyncpg...``). :class:`Fuzzer` runs waves of borrowers over pools of
 random configuration and after each wave proves that nothing leaked.
 """
@@ -75,12 +75,12 @@ class Boom(Exception):
 
 
 #: The innermost pool frames of a borrower queued for a connection.
-QUEUED_FRAMES = ("pool._wait",)
+QUEUED_FRAMES = ("pool.__aenter__",)
 
 
 def where(exc: BaseException) -> str:
     """Where an exception struck: the innermost method of the pool it went through
-    ("pool._wait", "pool._probe" ...), else the innermost fake, asyncpg or test frame."""
+    ("pool.__aenter__", "pool._probe" ...), else the innermost fake, asyncpg or test frame."""
     pool_label = other = "?"
     tb = exc.__traceback__
     while tb is not None:
@@ -822,8 +822,8 @@ class Fuzzer:
         # Every cancellation that struck a queued borrower was counted by the pool (and
         # only those, plus asyncio.wait_for's inner tasks, which the borrower cannot see).
         frames = self.tally.by(2)
-        # A queued borrower waits in _AcquireContext.__aenter__ (nothing idle) or in
-        # Pool._wait (after checking idle connections).
+        # A queued borrower waits in _AcquireContext.__aenter__ (the only place that awaits
+        # the waiter queue's future).
         in_wait = sum(frames[f] - self.frames_at_open[f] for f in QUEUED_FRAMES)
         wait_for = frames["wait_for"] - self.frames_at_open["wait_for"]
         assert in_wait <= stats.cancelled_total <= in_wait + wait_for, (

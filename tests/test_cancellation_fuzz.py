@@ -152,7 +152,7 @@ async def test_cancel_at_every_await_point_fake() -> None:
         assert steps[step] > 0, (step, steps)
     frames = tally.by(2)
     for frame in (
-        "pool._wait",  # queued for a connection
+        "pool.__aenter__",  # queued for a connection
         "pool._probe",  # in the ping before a lend (_check runs it under the probe)
         "pool._run_setup",
         "fake.execute",
