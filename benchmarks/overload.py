@@ -155,6 +155,8 @@ class DeadlineSystem(Protocol):
 
     def extra_stats(self) -> dict[str, Any]: ...
 
+    def connections_opened(self) -> int: ...
+
     async def deadline_query(self, timeout: float, marks: list[float]) -> None:
         """Borrow a connection waiting at most ``timeout`` seconds, run :data:`QUERY`,
         give it back. Appends the time the connection was in hand (the query is sent
@@ -308,6 +310,9 @@ class OverloadCell:
     arrival_lag_max_ms: float | None = None
     client_cpu: float | None = None
     stragglers: int = 0
+    connections_opened: int = 0
+    #: goodput_x of each repetition, in run order (``--repeat``); the cell is the median.
+    repeats: list[float] = dataclasses.field(default_factory=list)
     exceptions: dict[str, int] = dataclasses.field(default_factory=dict)
     pool_stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     wall_s: float = 0.0
@@ -591,6 +596,7 @@ class Settings:
     capacity: float | None
     capacity_seconds: float
     seed: int
+    repeat: int
 
 
 def measure_capacity(settings: Settings, dsn: str, name: str) -> CapacityResult:
@@ -622,6 +628,7 @@ def measure_cell(
         cell.client_cpu = cpu
         cell.stragglers = stragglers
         cell.pool_stats = system.extra_stats()
+        cell.connections_opened = system.connections_opened()
 
     settle(dsn)
     active0 = run_on_loop("asyncio", _server_active_s(dsn))
@@ -659,9 +666,11 @@ def table_row(cell: Mapping[str, Any]) -> str:
     if cell["status"] != "ok":
         return f"| {cell['load']:g}x | {cell['system']} | {cell['status']}: {cell['error']} |"
     timeouts = cell["timeout_wait"] + cell["timeout_query"]
+    runs = cell.get("repeats") or []
+    spread = f" ({min(runs):.3f}-{max(runs):.3f})" if runs else ""
     return (
         f"| {cell['load']:g}x ({cell['offered_rate']:,.0f}/s) | {cell['system']} "
-        f"| {_num(cell['goodput'])} | {cell['goodput_x']:.3f} "
+        f"| {_num(cell['goodput'])} | {cell['goodput_x']:.3f}{spread} "
         f"| {100 * cell['good'] / max(cell['offered'], 1):.0f} % "
         f"| {_num(cell['p99_good_ms'], '.1f')} "
         f"| {cell['shed']:,} | {timeouts:,} ({cell['timeout_wait']:,} + "
@@ -714,11 +723,12 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "generator started requests (p99), PostgreSQL's statement time for the whole cell "
         "(`pg_stat_database.active_time`) against the client's estimate of it, the same as a "
         "share of the pool's time over the schedule (server busy), the median query time S, "
-        "and the exceptions of the counted requests by outcome.",
+        "the server connections the pool opened (10 unless it replaced some), and the "
+        "exceptions of the counted requests by outcome.",
         "",
         "| offered | system | client CPU | arrival lag p99 ms | server active s | estimate s "
-        "| server busy | S ms | exceptions |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| server busy | S ms | conns opened | exceptions |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     span = meta["size"] * (meta["warmup_s"] + meta["duration_s"])
     for c in doc["cells"]:
@@ -730,7 +740,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             f"| {_num(c['arrival_lag_p99_ms'], '.1f')} | {_num(c['server_active_s'], '.2f')} "
             f"| {c['server_estimate_s']:.2f} "
             f"| {_num(100 * c['server_active_s'] / span if c['server_active_s'] else None)} % "
-            f"| {_num(c['query_ms_median'], '.2f')} "
+            f"| {_num(c['query_ms_median'], '.2f')} | {c['connections_opened']} "
             f"| {exceptions} |"
         )
     lines += ["", COLUMNS, ""]
@@ -739,13 +749,15 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
 
 COLUMNS = """Columns (requests arriving in the counted window; see `benchmarks/overload.py`):
 **goodput/s**: requests finished inside their deadline, per second; **goodput x C**: the
-same over the capacity; **p99 good**: 99th percentile latency of those, from scheduled
-arrival to release; **shed**: refused by the pool more than 2 ms before the deadline
-(fast "no"); **timeouts**: deadline passed while waiting for a connection + after the
-query was sent; **late**: result came after the deadline; **wasted server s**: server
-time spent on the queries of late and timed-out-in-query requests (client estimate:
-send-to-result time, or the median query time S for a query cut by the deadline, an
-upper bound); **wasted %**: that over the pool's server time (size x window)."""
+same over the capacity (with `--repeat`, the run with the median goodput, and the range
+over the runs in brackets); **good %**: of the requests offered; **p99 good**: 99th
+percentile latency of the good requests, from scheduled arrival to release; **shed**:
+refused by the pool more than 2 ms before the deadline (a fast "no"); **timeouts**: the
+deadline passed while waiting for a connection + after the query was sent; **late**: the
+result came after the deadline; **wasted server s**: server time spent on the queries of
+late and timed-out-in-query requests (client estimate: send-to-result time, or the median
+query time S for a query cut by the deadline, an upper bound); **wasted %**: that over the
+pool's server time (size x window)."""
 
 
 def write_plot(path: Path, doc: Mapping[str, Any]) -> None:
@@ -867,6 +879,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2.0,
         help="closed-loop window per system when measuring capacity (default 2)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every cell this many times (same schedule, fresh order each time); keep "
+        "the median-goodput run (default 1)",
+    )
     p.add_argument("--seed", type=int, default=17, help="seed of the arrival schedules")
     p.add_argument(
         "--dsn",
@@ -900,6 +919,16 @@ async def _server_version(dsn: str) -> str:
         await conn.close()
 
 
+def _median_cell(runs: list[OverloadCell]) -> OverloadCell:
+    """The run with the median goodput (the lower of the middle two), with every run's
+    goodput_x in ``repeats``.
+    """
+    ordered = sorted(runs, key=lambda c: (c.status != "ok", c.goodput))
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.repeats = [c.goodput_x for c in runs] if len(runs) > 1 else []
+    return chosen
+
+
 def _missing(cls: type[System]) -> str | None:
     missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
     return f"missing package(s): {', '.join(missing)}" if missing else None
@@ -929,6 +958,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
         capacity=args.capacity,
         capacity_seconds=args.capacity_seconds,
         seed=args.seed,
+        repeat=args.repeat,
     )
     rng = random.Random(settings.seed)
     out_dir: Path = args.output_dir
@@ -954,19 +984,22 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
             capacity = settings.capacity
             method = "given with --capacity"
         progress(f"capacity C = {capacity:,.0f} requests/s")
-        cells: list[OverloadCell] = []
+        runs: dict[tuple[float, str], list[OverloadCell]] = {}
         total = settings.warmup + settings.duration
         for load in settings.loads:
             seed = settings.seed * 1000 + round(load * 100)
             offsets = poisson_schedule(load * capacity, total, seed)
-            order = settings.systems[:]
-            rng.shuffle(order)
-            for name in order:
-                cell = measure_cell(settings, dsn, name, load, capacity, offsets)
-                cells.append(cell)
-                progress(table_row(dataclasses.asdict(cell)))
-    order_of = {name: i for i, name in enumerate(settings.systems)}
-    cells.sort(key=lambda c: (c.load, order_of[c.system]))
+            for rep in range(settings.repeat):
+                order = settings.systems[:]
+                rng.shuffle(order)
+                for name in order:
+                    cell = measure_cell(settings, dsn, name, load, capacity, offsets)
+                    runs.setdefault((load, name), []).append(cell)
+                    label = f"run {rep + 1}: " if settings.repeat > 1 else ""
+                    progress(label + table_row(dataclasses.asdict(cell)))
+    cells = [
+        _median_cell(runs[(load, name)]) for load in settings.loads for name in settings.systems
+    ]
     doc: dict[str, Any] = {
         "meta": {
             "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
@@ -993,6 +1026,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
             "drain_s": settings.drain,
             "shed_margin_s": SHED_MARGIN,
             "seed": settings.seed,
+            "repeat": settings.repeat,
             "loads": settings.loads,
             "systems": describe_systems(settings.systems),
             "skipped": skipped,
