@@ -35,6 +35,8 @@ def test_overload_harness_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
         "0.5",
         "--capacity-seconds",
         "0.3",
+        "--capacity-rounds",
+        "1",
         "--output-dir",
         str(tmp_path),
         "--name",
