@@ -51,7 +51,8 @@ Wasted server time (``wasted_server_s``)
 ----------------------------------------
 Server time spent on the queries of requests that missed their deadline (``late`` and
 ``timeout_query``), estimated on the client: a late query counts its send-to-result time
-(capped at ``S``, the cell's median send-to-result time of completed queries, ~5.1 ms);
+(capped at ``S``, the cell's median send-to-result time of the good requests' queries,
+~5.3 ms; the nominal 5 ms if there were none);
 a query cut by the deadline counts ``S``. The latter is an upper bound: the server
 keeps executing a cut query until the driver's cancel request lands (asyncpg and psycopg
 open a new connection to send it), which may be before the 5 ms are up.
@@ -314,8 +315,9 @@ class OverloadCell:
     client_cpu: float | None = None
     stragglers: int = 0
     connections_opened: int = 0
-    #: goodput_x of each repetition, in run order (``--repeat``); the cell is the median.
-    repeats: list[float] = dataclasses.field(default_factory=list)
+    #: Key figures of each repetition, in run order (``--repeat``); the cell is the
+    #: median-goodput one.
+    repeats: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     exceptions: dict[str, int] = dataclasses.field(default_factory=dict)
     pool_stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     wall_s: float = 0.0
@@ -484,12 +486,12 @@ def _summarise(
     cell.arrival_lag_p99_ms = _ms(lags, 99)
     cell.arrival_lag_max_ms = lags[-1] * 1e3 if lags else None
 
-    # Server time per query: send-to-result of completed queries (median S); a query
-    # cut by the deadline counts S (an upper bound, see the module docstring).
+    # Server time per query: S is the median send-to-result time of the good requests'
+    # queries (not of all completed ones: a query whose result was held up, e.g. behind
+    # a cancellation or a stalled loop, is no measure of the server's time); a query cut
+    # by the deadline counts S (an upper bound, see the module docstring).
     n = len(arrival)
-    query_times = sorted(
-        trace.result[k] - trace.sent[k] for k in range(n) if not math.isnan(trace.result[k])
-    )
+    query_times = sorted(trace.result[k] - trace.sent[k] for k in range(n) if outcome[k] == GOOD)
     s = statistics.median(query_times) if query_times else QUERY_SECONDS
     cell.query_ms_median = s * 1e3 if query_times else None
 
@@ -670,7 +672,7 @@ def table_row(cell: Mapping[str, Any]) -> str:
     if cell["status"] != "ok":
         return f"| {cell['load']:g}x | {cell['system']} | {cell['status']}: {cell['error']} |"
     timeouts = cell["timeout_wait"] + cell["timeout_query"]
-    runs = cell.get("repeats") or []
+    runs = [r["goodput_x"] for r in cell.get("repeats") or []]
     spread = f" ({min(runs):.3f}-{max(runs):.3f})" if runs else ""
     return (
         f"| {cell['load']:g}x ({cell['offered_rate']:,.0f}/s) | {cell['system']} "
@@ -935,7 +937,8 @@ def _median_cell(runs: list[OverloadCell]) -> OverloadCell:
     """
     ordered = sorted(runs, key=lambda c: (c.status != "ok", c.goodput))
     chosen = ordered[(len(ordered) - 1) // 2]
-    chosen.repeats = [c.goodput_x for c in runs] if len(runs) > 1 else []
+    keys = ("status", "goodput_x", "wasted_server_s", "server_active_s", "arrival_lag_p99_ms")
+    chosen.repeats = [{k: getattr(c, k) for k in keys} for c in runs] if len(runs) > 1 else []
     return chosen
 
 
