@@ -10,6 +10,8 @@ Modules:
 * ``runner``: one measurement cell (system x workload x concurrency x loop).
 * ``machinery``: pure pool overhead per acquire+release, with a fake connection.
 * ``hotpath``: cProfile / pyinstrument profiles of asyncpool's hot path.
+* ``overload``: the overload scenario (``python -m benchmarks overload``): goodput under
+  open-loop arrivals beyond capacity, with per-request deadlines.
 * ``targets``: the issue's performance targets, evaluated from measured cells.
 * ``report``: JSON, markdown and PNG output.
 * ``cli``: the command line and the orchestration of a whole run.

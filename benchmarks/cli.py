@@ -3,6 +3,7 @@
 Usage: ``python -m benchmarks [options]`` (``--help`` lists them). Without ``--dsn``
 (or ``ASYNCPOOL_BENCH_DSN``) a throwaway PostgreSQL server is started from the local
 binaries with ``max_connections=300`` (the per-request baseline opens up to 100 at once).
+``python -m benchmarks overload [options]`` runs the overload scenario (``overload.py``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="Benchmark asyncpool against asyncpg's pool, psycopg_pool, SQLAlchemy "
         "and no-pool baselines.",
+        epilog="The overload scenario (issue 17) is a separate command: "
+        "python -m benchmarks overload --help",
     )
     p.add_argument(
         "--quick",
@@ -533,6 +536,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m benchmarks``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["overload"]:
+        from .overload import main as overload_main
+
+        return overload_main(argv[1:])
     args = parse_args(argv)
     args.argv = argv
     args.loadavg_start = _loadavg()

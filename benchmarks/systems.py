@@ -445,6 +445,8 @@ class SqlalchemySystem(System):
     name = "sqlalchemy"
     description = "SQLAlchemy async engine, asyncpg driver, pool_size=N, max_overflow=0"
     requires = ("sqlalchemy", "greenlet")
+    #: The engine's ``pool_timeout`` (SQLAlchemy has no per-checkout timeout).
+    pool_timeout: ClassVar[float] = PEER_ACQUIRE_TIMEOUT
 
     def __init__(self, dsn: str, size: int, concurrency: int) -> None:
         super().__init__(dsn, size, concurrency)
@@ -460,7 +462,7 @@ class SqlalchemySystem(System):
             url,
             pool_size=self.size,
             max_overflow=0,
-            pool_timeout=PEER_ACQUIRE_TIMEOUT,
+            pool_timeout=self.pool_timeout,
         )
 
         def on_connect(dbapi_conn: Any, record: Any) -> None:
