@@ -1,0 +1,380 @@
+"""The adaptive pool size: a limit algorithm driven by observed hold times (pure).
+
+A pool is best when it is as small as it can be without losing throughput: past the
+database's "knee" (about its core count for CPU-bound queries) more connections only
+queue inside the server, so every query takes longer and nothing more gets done. This
+module decides the limit; the pool applies it. Nothing here reads a clock, awaits,
+logs or touches a connection: the pool reports each completed lease with
+:meth:`AdaptiveLimit.on_sample` and asks for a decision with
+:meth:`AdaptiveLimit.update` about every 0.5-1 s, passing the time in. So the whole
+policy can be tested with tables of fake latencies.
+
+Which algorithm, and why
+------------------------
+Two published designs were considered (Netflix's concurrency-limits library, whose
+ideas Envoy's adaptive concurrency filter also uses):
+
+* **Gradient2** keeps a long-term average latency and a short-term one and sets
+  ``limit = limit * clamp(tolerance * long / short) + queue_size``. In steady state the
+  long average catches up with the short one, the gradient is 1 and the limit keeps
+  growing by ``queue_size`` until latency rises far enough (``tolerance`` is 1.5-2 by
+  default), then falls back: a sawtooth whose amplitude grows with the limit. Its
+  tolerance is a latency ratio, and for a 2-core server twice the no-load latency is
+  already twice the right pool size.
+* **TCP Vegas** estimates how many of the in-flight requests are *queued* rather than
+  served: ``queue = inflight * (1 - rtt_noload / rtt)``. With a server that serves
+  ``c`` requests at once and shares its CPU among the rest, ``rtt = rtt_noload *
+  inflight / c`` past the knee, so ``queue = inflight - c`` exactly: the estimate is in
+  connections, the unit we size in. Vegas grows while ``queue < alpha``, shrinks when
+  ``queue > beta`` and holds in between, so a steady workload gives a steady limit.
+
+We use **Vegas**, for its hold band (stability is a requirement; a pool that opens
+and closes connections in a sawtooth pays a connect each time) and because its
+signal is counted in connections. Three changes make it fit a connection pool:
+
+1. *Windows, not single samples.* Each update looks at the mean hold time and mean
+   in-flight count of the leases completed since the last update (at least
+   ``min_samples`` of them; with fewer the window keeps accumulating). Samples that
+   started before the last change of the limit are dropped: they measured the old one.
+2. *A baseline that can go stale is re-measured.* ``rtt_noload`` is the lowest window
+   mean seen; it follows a lighter workload at once. A heavier workload (slower
+   queries) would leave it too low forever, so when it has not been confirmed for
+   ``probe_interval`` seconds the limit is halved for one window and that window's
+   mean becomes the new baseline (BBR's "ProbeRTT"; Gradient2 lets the long average
+   drift instead). With the limit near the knee, halving it costs little throughput.
+3. *Steps sized to connections.* ``alpha`` and ``beta`` grow with ``log10(limit)``
+   as in Netflix's VegasLimit, but start at 1 and 2 connections: at a limit of 4 on
+   a 2-core server two queued connections are already too many. Growth is +50 %
+   while nothing queues at all (so an I/O-bound workload reaches 40 connections in
+   about ten updates) and +1 near the band; shrinking goes straight to the estimated
+   knee plus ``alpha``, but at most halves per update. The limit only grows when the
+   borrowers used it (peak in-flight at least 3/4 of it): an idle pool learns nothing
+   about more connections.
+
+The decision is bounded by ``min_limit`` (the pool's ``min_size``), ``max_limit``
+(``max_size``) and an optional live ``budget`` (see :func:`fair_share`), which wins
+over ``min_limit`` because the server's ``max_connections`` is a hard wall. The limit
+is never below 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Final, Literal
+
+__all__ = ("AdaptiveLimit", "AutosizeStats", "LimitDecision", "LimitReason", "fair_share")
+
+LimitReason = Literal[
+    "grow: latency flat",
+    "shrink: queueing",
+    "hold",
+    "hold: few samples",
+    "hold: demand below limit",
+    "probe: measuring baseline",
+    "probe: done",
+    "cap: max_size",
+    "cap: budget",
+    "floor: min_size",
+]
+"""Why :meth:`AdaptiveLimit.update` chose its limit (the value of ``LimitDecision.reason``)."""
+
+# The limit grows only when the borrowers used at least this share of it (all of it:
+# a pool that never filled its limit learns nothing about a larger one).
+_DEMAND_SHARE: Final = 1.0
+# A probe that halved the concurrency and kept this share of the throughput ran at or
+# above the knee: halve again.
+_PROBE_KEPT: Final = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitDecision:
+    """The outcome of one :meth:`AdaptiveLimit.update`: the limit and why.
+
+    ``previous`` is the limit before this update; ``limit != previous`` means it moved.
+    """
+
+    limit: int
+    reason: LimitReason
+    previous: int
+
+    @property
+    def moved(self) -> bool:
+        """True when this update changed the limit."""
+        return self.limit != self.previous
+
+
+@dataclasses.dataclass(frozen=True)
+class AutosizeStats:
+    """A snapshot of :class:`AdaptiveLimit`'s state, for stats, events and debugging.
+
+    ``baseline_rtt`` is the no-load hold time (None before the first full window);
+    ``window_rtt``, ``window_inflight`` and ``queue`` describe the last full window
+    (``queue`` is the estimated number of leases that waited inside the server).
+    """
+
+    limit: int
+    reason: LimitReason
+    baseline_rtt: float | None
+    window_rtt: float | None
+    window_inflight: float | None
+    queue: float | None
+    probing: bool
+    updates: int
+    probes: int
+    samples_total: int
+    samples_stale: int
+
+
+class AdaptiveLimit:
+    """A Vegas-style concurrency limit for one pool (see the module docstring).
+
+    Not thread-safe and not async: call it from the pool's event loop only.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_limit: int = 1,
+        max_limit: int,
+        initial: int | None = None,
+        min_samples: int = 5,
+        probe_interval: float = 10.0,
+    ) -> None:
+        """Start at ``initial`` (default ``min_limit``), bounded by min and max.
+
+        Args:
+            min_limit: the floor (the pool's ``min_size``; 0 is treated as 1).
+            max_limit: the hard cap (the pool's ``max_size``).
+            initial: the starting limit; starting low lets the baseline be measured
+                without queueing.
+            min_samples: completed leases a window needs before it is judged.
+            probe_interval: seconds after which an unconfirmed baseline is re-measured.
+        """
+        if max_limit < 1:
+            raise ValueError(f"max_limit must be at least 1, got {max_limit}")
+        if min_limit < 0 or min_limit > max_limit:
+            raise ValueError(f"min_limit must be in 0..max_limit ({max_limit}), got {min_limit}")
+        if min_samples < 1:
+            raise ValueError(f"min_samples must be at least 1, got {min_samples}")
+        if probe_interval <= 0:
+            raise ValueError(f"probe_interval must be positive, got {probe_interval}")
+        self._min = max(min_limit, 1)
+        self._max = max_limit
+        start = self._min if initial is None else initial
+        self._limit = min(max(start, self._min), self._max)
+        self._min_samples = min_samples
+        self._probe_interval = probe_interval
+        self._reason: LimitReason = "hold"
+        # The current window (leases completed since the last judged update).
+        self._n = 0
+        self._rtt_sum = 0.0
+        self._inflight_sum = 0
+        self._inflight_peak = 0
+        # Samples that started before this time measured an older limit.
+        self._changed_at = -math.inf
+        self._baseline: float | None = None
+        self._baseline_at = 0.0
+        # The limit to return to after a probe: the one before it (while calibrating,
+        # the one before the last halving, the lowest that still showed queueing).
+        self._probe_saved: int | None = None
+        self._probe_rtt = 0.0  # the lowest window mean hold time seen by this probe
+        self._probe_throughput = 0.0  # the best throughput seen by this probe
+        self._window_rtt: float | None = None
+        self._window_inflight: float | None = None
+        self._queue: float | None = None
+        self._updates = 0
+        self._probes = 0
+        self._samples_total = 0
+        self._samples_stale = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<AdaptiveLimit limit={self._limit} ({self._reason}) "
+            f"range={self._min}..{self._max} baseline={self._baseline}>"
+        )
+
+    @property
+    def limit(self) -> int:
+        """The current limit."""
+        return self._limit
+
+    def on_sample(self, now: float, rtt: float, inflight: int) -> None:
+        """Record one completed lease.
+
+        Args:
+            now: when it completed (the same clock as :meth:`update`'s ``now``).
+            rtt: how long the connection was held, in seconds.
+            inflight: leases in progress when it completed, itself included.
+        """
+        self._samples_total += 1
+        if rtt < 0 or now - rtt < self._changed_at:
+            self._samples_stale += 1
+            return
+        self._n += 1
+        self._rtt_sum += rtt
+        self._inflight_sum += inflight
+        if inflight > self._inflight_peak:
+            self._inflight_peak = inflight
+
+    def update(self, now: float, budget: int | None = None) -> LimitDecision:
+        """Judge the samples since the last update and return the new limit.
+
+        Args:
+            now: the current time (seconds, any monotonic origin).
+            budget: the most connections this pool may hold now (from
+                :func:`fair_share`), or None for no budget.
+        """
+        self._updates += 1
+        previous = self._limit
+        wanted, reason = self._decide(now)
+        limit, reason = self._bound(wanted, reason, budget)
+        if limit != previous:
+            self._changed_at = now
+        self._limit = limit
+        self._reason = reason
+        return LimitDecision(limit=limit, reason=reason, previous=previous)
+
+    def stats(self) -> AutosizeStats:
+        """A frozen snapshot of the algorithm's state."""
+        return AutosizeStats(
+            limit=self._limit,
+            reason=self._reason,
+            baseline_rtt=self._baseline,
+            window_rtt=self._window_rtt,
+            window_inflight=self._window_inflight,
+            queue=self._queue,
+            probing=self._probe_saved is not None,
+            updates=self._updates,
+            probes=self._probes,
+            samples_total=self._samples_total,
+            samples_stale=self._samples_stale,
+        )
+
+    # ------------------------------------------------------------------ decisions
+
+    def _decide(self, now: float) -> tuple[int, LimitReason]:
+        """The unbounded limit and its reason; consumes the window when judged."""
+        limit = self._limit
+        if self._n < self._min_samples:
+            return limit, "hold: few samples"
+        rtt = self._rtt_sum / self._n
+        used = self._inflight_sum / self._n
+        peak = self._inflight_peak
+        self._n = 0
+        self._rtt_sum = 0.0
+        self._inflight_sum = 0
+        self._inflight_peak = 0
+        self._window_rtt = rtt
+        self._window_inflight = used
+
+        if self._probe_saved is not None:
+            return self._end_probe_window(now, rtt, used)
+        baseline = self._baseline
+        if baseline is None and limit > self._min:
+            # No baseline yet and started above the floor: this window may already
+            # queue, so measure one by probing first.
+            return self._start_probe(limit, rtt, used)
+        if baseline is None or rtt <= baseline:
+            self._baseline = baseline = rtt
+            self._baseline_at = now
+        elif now - self._baseline_at >= self._probe_interval and limit > self._min:
+            return self._start_probe(limit, rtt, used)
+
+        queue = used * (1.0 - baseline / rtt) if rtt > 0 else 0.0
+        self._queue = queue
+        scale = math.log10(max(limit, 1))
+        alpha = max(1.0, 2.0 * scale)
+        beta = max(2.0, 4.0 * scale)
+        if queue > beta:
+            # Go to the estimated knee plus alpha, at most halving, at least one less.
+            knee = used - queue
+            target = math.floor(knee + alpha)
+            return min(limit - 1, max(target, (limit + 1) // 2)), "shrink: queueing"
+        if queue < alpha:
+            if peak < _DEMAND_SHARE * limit:
+                return limit, "hold: demand below limit"
+            step = max(1, limit // 2) if queue < alpha / 2 else 1
+            return limit + step, "grow: latency flat"
+        return limit, "hold"
+
+    def _start_probe(self, limit: int, rtt: float, used: float) -> tuple[int, LimitReason]:
+        """Halve the limit for one window to re-measure the no-load hold time."""
+        self._probes += 1
+        self._probe_saved = limit
+        self._probe_rtt = rtt
+        self._probe_throughput = used / rtt if rtt > 0 else 0.0
+        self._queue = None
+        return max(self._min, (limit + 1) // 2), "probe: measuring baseline"
+
+    def _end_probe_window(self, now: float, rtt: float, used: float) -> tuple[int, LimitReason]:
+        """Judge a probe window: halve again, or take the lowest hold time as baseline.
+
+        While halving the concurrency keeps the throughput (``inflight / rtt``), the
+        server was queueing at the level before, so the baseline is not measured yet
+        and the halved level is as good as the one above it: halve again, and return to
+        the lowest level that kept the throughput. The first level that loses
+        throughput runs below the knee and measures the no-load hold time.
+        """
+        limit = self._limit
+        self._queue = None
+        throughput = used / rtt if rtt > 0 else 0.0
+        self._probe_rtt = min(self._probe_rtt, rtt)
+        if throughput >= _PROBE_KEPT * self._probe_throughput and limit > self._min:
+            self._probe_throughput = max(self._probe_throughput, throughput)
+            self._probe_saved = limit
+            return max(self._min, (limit + 1) // 2), "probe: measuring baseline"
+        saved = self._probe_saved
+        assert saved is not None
+        self._probe_saved = None
+        self._baseline = self._probe_rtt
+        self._baseline_at = now
+        return saved, "probe: done"
+
+    def _bound(
+        self, wanted: int, reason: LimitReason, budget: int | None
+    ) -> tuple[int, LimitReason]:
+        """Apply max_limit, the budget and min_limit (the budget wins over the floor)."""
+        limit = wanted
+        if limit > self._max:
+            limit, reason = self._max, "cap: max_size"
+        if limit < self._min:
+            limit, reason = self._min, "floor: min_size"
+        if budget is not None and limit > max(budget, 1):
+            limit, reason = max(budget, 1), "cap: budget"
+        return limit, reason
+
+
+def fair_share(
+    max_connections: int,
+    superuser_reserved: int,
+    reserve: int,
+    instances: int,
+    others_in_use: int,
+) -> int:
+    """The most connections one of ``instances`` pools may hold now (pure).
+
+    ``capacity = max_connections - superuser_reserved - reserve`` is what the whole
+    fleet (and every other client of the server) may hold. Each instance gets at most
+    ``capacity // instances`` (so ``instances`` pools at their share never exceed it,
+    and pools that all want more converge to equal shares), and never more than what
+    the others leave free: ``capacity - others_in_use``, where ``others_in_use``
+    counts every client connection of the server that is not this pool's (other
+    instances, other applications, monitoring). The result is never negative.
+
+    Args:
+        max_connections: the server's ``max_connections``.
+        superuser_reserved: ``superuser_reserved_connections`` (plus
+            ``reserved_connections`` on PostgreSQL 16+).
+        reserve: headroom kept free for admin sessions, migrations and deploys.
+        instances: how many pools share the server (at least 1).
+        others_in_use: client connections held by everyone but this pool.
+    """
+    if instances < 1:
+        raise ValueError(f"instances must be at least 1, got {instances}")
+    if reserve < 0 or superuser_reserved < 0 or others_in_use < 0:
+        raise ValueError("reserve, superuser_reserved and others_in_use must be >= 0")
+    capacity = max_connections - superuser_reserved - reserve
+    if capacity <= 0:
+        return 0
+    return max(0, min(capacity // instances, capacity - others_in_use))
