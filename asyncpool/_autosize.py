@@ -30,26 +30,38 @@ ideas Envoy's adaptive concurrency filter also uses):
 
 We use **Vegas**, for its hold band (stability is a requirement; a pool that opens
 and closes connections in a sawtooth pays a connect each time) and because its
-signal is counted in connections. Three changes make it fit a connection pool:
+signal is counted in connections. Its weak spot is the no-load hold time
+(``baseline``): measured while the server queues, it is too high and the limit too
+large; left over from a faster workload, it is too low and the limit too small. Four
+changes make it fit a connection pool:
 
 1. *Windows, not single samples.* Each update looks at the mean hold time and mean
    in-flight count of the leases completed since the last update (at least
    ``min_samples`` of them; with fewer the window keeps accumulating). Samples that
    started before the last change of the limit are dropped: they measured the old one.
-2. *A baseline that can go stale is re-measured.* ``rtt_noload`` is the lowest window
-   mean seen; it follows a lighter workload at once. A heavier workload (slower
-   queries) would leave it too low forever, so when it has not been confirmed for
-   ``probe_interval`` seconds the limit is halved for one window and that window's
-   mean becomes the new baseline (BBR's "ProbeRTT"; Gradient2 lets the long average
-   drift instead). With the limit near the knee, halving it costs little throughput.
-3. *Steps sized to connections.* ``alpha`` and ``beta`` grow with ``log10(limit)``
+2. *The baseline is measured by probing down, not assumed.* A probe halves the limit
+   for one window; while the throughput (``inflight / rtt``, Little's law) holds, the
+   server was still queueing, so it halves again. The first window that loses
+   throughput ran below the knee; the lowest mean hold time seen is the baseline, and
+   the limit returns to the lowest level that kept the throughput (BBR's "ProbeRTT",
+   made to find the knee; Gradient2 lets its long average drift instead). A probe
+   runs when the pool starts above its floor, when a window is much faster than the
+   baseline (a lighter workload), when a shrink lost throughput or one more connection
+   gained some (both mean the baseline was stale, or the machine was noisy), and
+   every ``probe_interval`` seconds otherwise. A window that is merely a little faster
+   lowers the baseline directly.
+3. *Exploring up.* A limit that held still in the band for ``explore_interval``
+   seconds tries one more connection for one window and goes back when the
+   throughput did not rise by at least half of ``1/limit``: "grow while more
+   connections raise throughput". This also catches a slower workload whose stale
+   baseline made the server look busy.
+4. *Steps sized to connections.* ``alpha`` and ``beta`` grow with ``log10(limit)``
    as in Netflix's VegasLimit, but start at 1 and 2 connections: at a limit of 4 on
    a 2-core server two queued connections are already too many. Growth is +50 %
    while nothing queues at all (so an I/O-bound workload reaches 40 connections in
    about ten updates) and +1 near the band; shrinking goes straight to the estimated
    knee plus ``alpha``, but at most halves per update. The limit only grows when the
-   borrowers used it (peak in-flight at least 3/4 of it): an idle pool learns nothing
-   about more connections.
+   borrowers used all of it: an idle pool learns nothing about more connections.
 
 The decision is bounded by ``min_limit`` (the pool's ``min_size``), ``max_limit``
 (``max_size``) and an optional live ``budget`` (see :func:`fair_share`), which wins
@@ -68,6 +80,8 @@ __all__ = ("AdaptiveLimit", "AutosizeStats", "LimitDecision", "LimitReason", "fa
 LimitReason = Literal[
     "grow: latency flat",
     "shrink: queueing",
+    "shrink: no gain",
+    "explore: one more",
     "hold",
     "hold: few samples",
     "hold: demand below limit",
@@ -82,6 +96,11 @@ LimitReason = Literal[
 # The limit grows only when the borrowers used at least this share of it (all of it:
 # a pool that never filled its limit learns nothing about a larger one).
 _DEMAND_SHARE: Final = 1.0
+# One more connection that raised the throughput by at least this share of its
+# proportional gain (1/limit) shows that the server was not queueing.
+_EXPLORE_GAIN: Final = 0.5
+# A window whose mean hold time is below this share of the baseline starts a probe.
+_FASTER: Final = 0.8
 # A probe that halved the concurrency and kept this share of the throughput ran at or
 # above the knee: halve again.
 _PROBE_KEPT: Final = 0.9
@@ -139,7 +158,8 @@ class AdaptiveLimit:
         max_limit: int,
         initial: int | None = None,
         min_samples: int = 5,
-        probe_interval: float = 10.0,
+        probe_interval: float = 30.0,
+        explore_interval: float = 5.0,
     ) -> None:
         """Start at ``initial`` (default ``min_limit``), bounded by min and max.
 
@@ -150,6 +170,8 @@ class AdaptiveLimit:
                 without queueing.
             min_samples: completed leases a window needs before it is judged.
             probe_interval: seconds after which an unconfirmed baseline is re-measured.
+            explore_interval: seconds the limit holds still before one more connection
+                is tried.
         """
         if max_limit < 1:
             raise ValueError(f"max_limit must be at least 1, got {max_limit}")
@@ -159,12 +181,15 @@ class AdaptiveLimit:
             raise ValueError(f"min_samples must be at least 1, got {min_samples}")
         if probe_interval <= 0:
             raise ValueError(f"probe_interval must be positive, got {probe_interval}")
+        if explore_interval <= 0:
+            raise ValueError(f"explore_interval must be positive, got {explore_interval}")
         self._min = max(min_limit, 1)
         self._max = max_limit
         start = self._min if initial is None else initial
         self._limit = min(max(start, self._min), self._max)
         self._min_samples = min_samples
         self._probe_interval = probe_interval
+        self._explore_interval = explore_interval
         self._reason: LimitReason = "hold"
         # The current window (leases completed since the last judged update).
         self._n = 0
@@ -178,6 +203,8 @@ class AdaptiveLimit:
         # The limit to return to after a probe: the one before it (while calibrating,
         # the one before the last halving, the lowest that still showed queueing).
         self._probe_saved: int | None = None
+        self._shrunk_from: float | None = None  # throughput before the last shrink
+        self._explored_from: tuple[int, float] | None = None  # (limit, throughput)
         self._probe_rtt = 0.0  # the lowest window mean hold time seen by this probe
         self._probe_throughput = 0.0  # the best throughput seen by this probe
         self._window_rtt: float | None = None
@@ -275,9 +302,28 @@ class AdaptiveLimit:
             # No baseline yet and started above the floor: this window may already
             # queue, so measure one by probing first.
             return self._start_probe(limit, rtt, used)
+        throughput = used / rtt if rtt > 0 else 0.0
+        shrunk_from, self._shrunk_from = self._shrunk_from, None
+        explored_from, self._explored_from = self._explored_from, None
+        if baseline is not None and rtt < _FASTER * baseline and limit > self._min:
+            # Much faster than ever: a lighter workload, whose no-load time this window
+            # (which may queue) does not show. Re-measure it.
+            self._baseline = rtt
+            return self._start_probe(limit, rtt, used)
         if baseline is None or rtt <= baseline:
             self._baseline = baseline = rtt
             self._baseline_at = now
+        elif shrunk_from is not None and throughput < _PROBE_KEPT * shrunk_from:
+            # The last shrink lost throughput: what looked like queueing may have been
+            # a slower workload (a stale baseline), or just noise. Re-measure.
+            return self._start_probe(limit, rtt, used)
+        elif explored_from is not None:
+            before_limit, before_throughput = explored_from
+            if throughput < before_throughput * (1.0 + _EXPLORE_GAIN / before_limit):
+                return before_limit, "shrink: no gain"
+            # One more connection raised the throughput: what looked like queueing may
+            # have been a slower workload (a stale baseline), or noise. Re-measure.
+            return self._start_probe(limit, rtt, used)
         elif now - self._baseline_at >= self._probe_interval and limit > self._min:
             return self._start_probe(limit, rtt, used)
 
@@ -290,12 +336,17 @@ class AdaptiveLimit:
             # Go to the estimated knee plus alpha, at most halving, at least one less.
             knee = used - queue
             target = math.floor(knee + alpha)
+            self._shrunk_from = throughput
             return min(limit - 1, max(target, (limit + 1) // 2)), "shrink: queueing"
         if queue < alpha:
             if peak < _DEMAND_SHARE * limit:
                 return limit, "hold: demand below limit"
             step = max(1, limit // 2) if queue < alpha / 2 else 1
             return limit + step, "grow: latency flat"
+        if now - self._changed_at >= self._explore_interval and peak >= limit:
+            # Held in the band for a while: check that one more connection gains nothing.
+            self._explored_from = (limit, throughput)
+            return limit + 1, "explore: one more"
         return limit, "hold"
 
     def _start_probe(self, limit: int, rtt: float, used: float) -> tuple[int, LimitReason]:

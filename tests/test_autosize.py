@@ -68,9 +68,12 @@ class Sim:
         return n / self.model(n)
 
 
+EXCURSIONS = ("probe: measuring baseline", "explore: one more")
+
+
 def steady(decisions: list[LimitDecision]) -> list[int]:
-    """The limits outside probe windows (a probe halves the limit for one window)."""
-    return [d.limit for d in decisions if d.reason != "probe: measuring baseline"]
+    """The limits outside the deliberate one-window excursions (probes, explores)."""
+    return [d.limit for d in decisions if d.reason not in EXCURSIONS]
 
 
 # ---------------------------------------------------------------------- convergence
@@ -99,6 +102,21 @@ def test_converges_near_the_knee(
     best = max(sim.throughput(n) for n in range(1, 41))
     mean_limit = round(sum(tail) / len(tail))
     assert sim.throughput(mean_limit) >= 0.95 * best, (name, mean_limit)
+
+
+def test_excursions_are_single_windows() -> None:
+    sim = Sim(AdaptiveLimit(max_limit=40), cpu_bound(2))
+    sim.run(20)
+    decisions = sim.run(120)
+    explores = [i for i, d in enumerate(decisions) if d.reason == "explore: one more"]
+    assert 4 <= len(explores) <= 13  # about one every 5 s of holding still
+    for i in explores:
+        assert decisions[i].limit == decisions[i].previous + 1
+        assert decisions[i + 1].reason == "shrink: no gain"  # nothing gained: back
+        assert decisions[i + 1].limit == decisions[i].previous
+    # Counting the excursions too, the mean stays near the knee.
+    mean = sum(d.limit for d in decisions) / len(decisions)
+    assert 2.0 <= mean <= 4.5, mean
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -140,7 +158,8 @@ def test_probes_are_rare_and_short(model: Model, longest: int) -> None:
 @pytest.mark.parametrize(
     ("name", "before", "after", "low", "high", "within"),
     [
-        ("CPU to I/O: grows", cpu_bound(2), io_bound(), 30, 40, 12),
+        # Holding still in the band for 5 s, then one more connection shows the gain.
+        ("CPU to I/O: grows", cpu_bound(2), io_bound(), 30, 40, 16),
         ("I/O to CPU: shrinks", io_bound(), cpu_bound(2), 2, 5, 8),
         ("2 to 8 cores: grows", cpu_bound(2), cpu_bound(8), 8, 12, 12),
         ("8 to 2 cores: shrinks", cpu_bound(8), cpu_bound(2), 2, 5, 8),
