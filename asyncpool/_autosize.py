@@ -43,7 +43,9 @@ changes make it fit a connection pool:
    for one window; while the throughput (``inflight / rtt``, Little's law) holds, the
    server was still queueing, so it halves again. The first window that loses
    throughput ran below the knee; the lowest mean hold time seen is the baseline, and
-   the limit returns to the lowest level that kept the throughput (BBR's "ProbeRTT",
+   the limit returns to the lowest level that kept the throughput; a level that kept
+   it with a hold time close to the old baseline confirms it and ends the probe early,
+   without a window below the knee (BBR's "ProbeRTT",
    made to find the knee; Gradient2 lets its long average drift instead). A probe
    runs when the pool starts above its floor, when a window is much faster than the
    baseline (a lighter workload), when a shrink lost throughput or one more connection
@@ -99,6 +101,9 @@ _DEMAND_SHARE: Final = 1.0
 # One more connection that raised the throughput by at least this share of its
 # proportional gain (1/limit) shows that the server was not queueing.
 _EXPLORE_GAIN: Final = 0.5
+# A probe window whose mean hold time is within this factor of the baseline (and that
+# kept the throughput) confirms the baseline.
+_CONFIRMED: Final = 1.1
 # A window whose mean hold time is below this share of the baseline starts a probe.
 _FASTER: Final = 0.8
 # A probe that halved the concurrency and kept this share of the throughput ran at or
@@ -362,16 +367,27 @@ class AdaptiveLimit:
         """Judge a probe window: halve again, or take the lowest hold time as baseline.
 
         While halving the concurrency keeps the throughput (``inflight / rtt``), the
-        server was queueing at the level before, so the baseline is not measured yet
-        and the halved level is as good as the one above it: halve again, and return to
-        the lowest level that kept the throughput. The first level that loses
-        throughput runs below the knee and measures the no-load hold time.
+        server was queueing at the level before, so the halved level is as good as the
+        one above it. If its hold time is close to the baseline, the baseline is
+        confirmed and the probe ends there. Otherwise the baseline is not measured yet:
+        halve again, and return to the lowest level that kept the throughput. The
+        first level that loses throughput runs below the knee and measures the no-load
+        hold time.
         """
         limit = self._limit
         self._queue = None
         throughput = used / rtt if rtt > 0 else 0.0
         self._probe_rtt = min(self._probe_rtt, rtt)
-        if throughput >= _PROBE_KEPT * self._probe_throughput and limit > self._min:
+        kept = throughput >= _PROBE_KEPT * self._probe_throughput
+        baseline = self._baseline
+        if kept and baseline is not None and rtt <= _CONFIRMED * baseline:
+            # Half the limit, the same throughput, no queueing: the baseline holds and
+            # this level is enough. No need to go below the knee to learn more.
+            self._probe_saved = None
+            self._baseline = min(baseline, rtt)
+            self._baseline_at = now
+            return limit, "probe: done"
+        if kept and limit > self._min:
             self._probe_throughput = max(self._probe_throughput, throughput)
             self._probe_saved = limit
             return max(self._min, (limit + 1) // 2), "probe: measuring baseline"

@@ -39,6 +39,9 @@ class Sim:
     model: Model
     borrowers: int = 100
     jitter: float = 0.1
+    #: Whole-window slowdown (a busy machine): each window's latencies are multiplied
+    #: by a factor drawn from 1..1+window_noise.
+    window_noise: float = 0.0
     seed: int = 1
     now: float = 0.0
     budget: int | None = None
@@ -49,7 +52,7 @@ class Sim:
     def step(self) -> LimitDecision:
         """One maintenance interval: the samples it completes, then an update."""
         inflight = min(self.algo.limit, self.borrowers)
-        latency = self.model(inflight)
+        latency = self.model(inflight) * (1.0 + self.rng.uniform(0.0, self.window_noise))
         start = self.now
         n = int(inflight * INTERVAL / latency)
         for i in range(n):
@@ -129,6 +132,35 @@ def test_steady_state_is_stable(seed: int, jitter: float) -> None:
     assert max(tail) - min(tail) <= 2, tail
     moves = sum(1 for d in decisions if d.moved and not d.reason.startswith("probe"))
     assert moves <= 30, moves  # at most one move every two seconds on average
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    ("model", "low", "high"), [(cpu_bound(2), 2, 5), (cpu_bound(8), 8, 13), (io_bound(), 36, 40)]
+)
+def test_busy_machine(seed: int, model: Model, low: int, high: int) -> None:
+    # Every window up to 15 % slower at random (other processes on the machine):
+    # the limit stays near the knee and does not wander.
+    sim = Sim(AdaptiveLimit(max_limit=40), model, window_noise=0.15, seed=seed)
+    sim.run(30)
+    decisions = sim.run(120)
+    tail = steady(decisions)
+    mean = sum(tail) / len(tail)
+    assert low <= mean <= high, (mean, tail)
+    assert max(tail) - min(tail) <= 6, tail
+
+
+def test_one_slow_window_is_not_a_new_workload() -> None:
+    sim = Sim(AdaptiveLimit(max_limit=40), cpu_bound(2))
+    sim.run(30)
+    fast = sim.model
+    sim.model = lambda n: 2.0 * fast(n)  # one window twice as slow (a noisy neighbour)
+    sim.step()
+    sim.model = fast
+    decisions = sim.run(20)
+    assert all(2 <= d.limit <= 5 for d in decisions[4:]), [d.limit for d in decisions]
+    baseline = sim.algo.stats().baseline_rtt
+    assert baseline == pytest.approx(0.003, rel=0.15)
 
 
 @pytest.mark.parametrize(("model", "longest"), [(cpu_bound(2), 2), (io_bound(), 1)])
