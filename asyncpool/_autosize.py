@@ -48,15 +48,22 @@ changes make it fit a connection pool:
    without a window below the knee (BBR's "ProbeRTT",
    made to find the knee; Gradient2 lets its long average drift instead). A probe
    runs when the pool starts above its floor, when a window is much faster than the
-   baseline (a lighter workload), when a shrink lost throughput or one more connection
-   gained some (both mean the baseline was stale, or the machine was noisy), and
-   every ``probe_interval`` seconds otherwise. A window that is merely a little faster
-   lowers the baseline directly.
+   baseline (a lighter workload), and every ``probe_interval`` seconds otherwise. A
+   shrink that lost more than half of its proportional share of throughput is undone
+   and the baseline re-anchored so that the level before sits in the middle of the
+   band: there the hold time rose *with* the throughput (a busy client on the same
+   machine, a server that does not simply share its CPU), which Vegas alone would
+   misread as queueing.
+   A window that is merely a little faster lowers the baseline directly.
 3. *Exploring up.* A limit that held still in the band for ``explore_interval``
-   seconds tries one more connection for one window and goes back when the
-   throughput did not rise by at least half of ``1/limit``: "grow while more
-   connections raise throughput". This also catches a slower workload whose stale
-   baseline made the server look busy.
+   seconds tries a quarter more connections (at least one) for one window and goes
+   back when the
+   throughput did not rise by at least half of the proportional gain (``step /
+   limit``): "grow while more connections raise throughput". When it did rise, the
+   hold time that looked like queueing came with throughput (a slower workload than
+   the baseline's, a busy client); the baseline is re-anchored so that the new level
+   sits in the middle of the band, and the limit keeps climbing by a quarter per
+   window while each step gains (a hill climb on throughput).
 4. *Steps sized to connections.* ``alpha`` and ``beta`` grow with ``log10(limit)``
    as in Netflix's VegasLimit, but start at 1 and 2 connections: at a limit of 4 on
    a 2-core server two queued connections are already too many. Growth is +50 %
@@ -81,9 +88,10 @@ __all__ = ("AdaptiveLimit", "AutosizeStats", "LimitDecision", "LimitReason", "fa
 
 LimitReason = Literal[
     "grow: latency flat",
+    "grow: throughput gained",
     "shrink: queueing",
     "shrink: no gain",
-    "explore: one more",
+    "explore: more",
     "hold",
     "hold: few samples",
     "hold: demand below limit",
@@ -98,9 +106,12 @@ LimitReason = Literal[
 # The limit grows only when the borrowers used at least this share of it (all of it:
 # a pool that never filled its limit learns nothing about a larger one).
 _DEMAND_SHARE: Final = 1.0
-# One more connection that raised the throughput by at least this share of its
-# proportional gain (1/limit) shows that the server was not queueing.
-_EXPLORE_GAIN: Final = 0.5
+# More connections that raised the throughput by at least this share of their
+# proportional gain (step / limit) show that the server was not queueing; a noisy
+# window that passes it moves the limit up (to be undone by the next probe).
+_GAIN_NEEDED: Final = 0.5
+# A shrink that lost more than this share of its proportional loss is undone.
+_LOSS_TOLERATED: Final = 0.5
 # A probe window whose mean hold time is within this factor of the baseline (and that
 # kept the throughput) confirms the baseline.
 _CONFIRMED: Final = 1.1
@@ -148,6 +159,32 @@ class AutosizeStats:
     probes: int
     samples_total: int
     samples_stale: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    """What one judged window measured (kept to compare with the next)."""
+
+    limit: int
+    rtt: float
+    used: float
+    throughput: float
+
+
+def _band(limit: int) -> tuple[float, float]:
+    """Vegas's ``(alpha, beta)``: grow below alpha queued leases, shrink above beta."""
+    scale = math.log10(max(limit, 1))
+    return max(1.0, 2.0 * scale), max(2.0, 4.0 * scale)
+
+
+def _explore_step(limit: int) -> int:
+    """How many connections an explore adds: a quarter, at least one."""
+    return max(1, limit // 4)
+
+
+def _band_middle(limit: int) -> float:
+    alpha, beta = _band(limit)
+    return (alpha + beta) / 2
 
 
 class AdaptiveLimit:
@@ -208,8 +245,8 @@ class AdaptiveLimit:
         # The limit to return to after a probe: the one before it (while calibrating,
         # the one before the last halving, the lowest that still showed queueing).
         self._probe_saved: int | None = None
-        self._shrunk_from: float | None = None  # throughput before the last shrink
-        self._explored_from: tuple[int, float] | None = None  # (limit, throughput)
+        self._shrunk_from: _Window | None = None  # the window before the last shrink
+        self._explored_from: _Window | None = None  # the window before an explore
         self._probe_rtt = 0.0  # the lowest window mean hold time seen by this probe
         self._probe_throughput = 0.0  # the best throughput seen by this probe
         self._window_rtt: float | None = None
@@ -318,30 +355,44 @@ class AdaptiveLimit:
         if baseline is None or rtt <= baseline:
             self._baseline = baseline = rtt
             self._baseline_at = now
-        elif shrunk_from is not None and throughput < _PROBE_KEPT * shrunk_from:
-            # The last shrink lost throughput: what looked like queueing may have been
-            # a slower workload (a stale baseline), or just noise. Re-measure.
-            return self._start_probe(limit, rtt, used)
+        elif shrunk_from is not None and throughput < shrunk_from.throughput * (
+            1.0 - _LOSS_TOLERATED * (shrunk_from.limit - limit) / shrunk_from.limit
+        ):
+            # The last shrink lost more than half its proportional share of throughput:
+            # the hold time had risen with the throughput
+            # (a busy client, a server that is not simply sharing its CPU), so it was
+            # worth it. Go back, and re-anchor the baseline so that the level before
+            # sits in the middle of the band: shrink again only on more queueing.
+            before = shrunk_from
+            self._baseline = before.rtt * max(0.5, 1.0 - _band_middle(before.limit) / before.used)
+            self._baseline_at = now
+            return before.limit, "grow: throughput gained"
         elif explored_from is not None:
-            before_limit, before_throughput = explored_from
-            if throughput < before_throughput * (1.0 + _EXPLORE_GAIN / before_limit):
-                return before_limit, "shrink: no gain"
-            # One more connection raised the throughput: what looked like queueing may
-            # have been a slower workload (a stale baseline), or noise. Re-measure.
-            return self._start_probe(limit, rtt, used)
+            before = explored_from
+            step = limit - before.limit
+            if throughput < before.throughput * (1.0 + _GAIN_NEEDED * step / before.limit):
+                return before.limit, "shrink: no gain"
+            # More connections raised the throughput: the hold time that looked like
+            # queueing came with throughput (a slower workload than the baseline's, a
+            # busy client). Re-anchor the baseline so that this level sits in the middle
+            # of the band, and keep climbing while each step gains.
+            self._baseline = rtt * max(0.5, 1.0 - _band_middle(limit) / used)
+            self._baseline_at = now
+            if peak < limit:
+                return limit, "hold: demand below limit"
+            self._explored_from = _Window(limit, rtt, used, throughput)
+            return limit + _explore_step(limit), "grow: throughput gained"
         elif now - self._baseline_at >= self._probe_interval and limit > self._min:
             return self._start_probe(limit, rtt, used)
 
         queue = used * (1.0 - baseline / rtt) if rtt > 0 else 0.0
         self._queue = queue
-        scale = math.log10(max(limit, 1))
-        alpha = max(1.0, 2.0 * scale)
-        beta = max(2.0, 4.0 * scale)
+        alpha, beta = _band(limit)
         if queue > beta:
             # Go to the estimated knee plus alpha, at most halving, at least one less.
             knee = used - queue
             target = math.floor(knee + alpha)
-            self._shrunk_from = throughput
+            self._shrunk_from = _Window(limit, rtt, used, throughput)
             return min(limit - 1, max(target, (limit + 1) // 2)), "shrink: queueing"
         if queue < alpha:
             if peak < _DEMAND_SHARE * limit:
@@ -349,9 +400,9 @@ class AdaptiveLimit:
             step = max(1, limit // 2) if queue < alpha / 2 else 1
             return limit + step, "grow: latency flat"
         if now - self._changed_at >= self._explore_interval and peak >= limit:
-            # Held in the band for a while: check that one more connection gains nothing.
-            self._explored_from = (limit, throughput)
-            return limit + 1, "explore: one more"
+            # Held in the band for a while: check that more connections gain nothing.
+            self._explored_from = _Window(limit, rtt, used, throughput)
+            return limit + _explore_step(limit), "explore: more"
         return limit, "hold"
 
     def _start_probe(self, limit: int, rtt: float, used: float) -> tuple[int, LimitReason]:

@@ -71,7 +71,7 @@ class Sim:
         return n / self.model(n)
 
 
-EXCURSIONS = ("probe: measuring baseline", "explore: one more")
+EXCURSIONS = ("probe: measuring baseline", "explore: more")
 
 
 def steady(decisions: list[LimitDecision]) -> list[int]:
@@ -93,6 +93,9 @@ def steady(decisions: list[LimitDecision]) -> list[int]:
         ("8 cores from 40", cpu_bound(8), 40, 8, 12),
         ("I/O-bound from 1", io_bound(), 1, 40, 40),
         ("I/O-bound, knee at 16", io_bound(knee=16), 1, 16, 22),
+        # Latency rises with throughput (a busy client), but more still gains:
+        # 5 ms at 1, 8 ms at 40, so 40 gives 1.6x the throughput of 20.
+        ("I/O-bound, busy client", lambda n: 0.005 + 0.000075 * n, 1, 30, 40),
     ],
 )
 def test_converges_near_the_knee(
@@ -111,10 +114,10 @@ def test_excursions_are_single_windows() -> None:
     sim = Sim(AdaptiveLimit(max_limit=40), cpu_bound(2))
     sim.run(20)
     decisions = sim.run(120)
-    explores = [i for i, d in enumerate(decisions) if d.reason == "explore: one more"]
+    explores = [i for i, d in enumerate(decisions) if d.reason == "explore: more"]
     assert 4 <= len(explores) <= 13  # about one every 5 s of holding still
     for i in explores:
-        assert decisions[i].limit == decisions[i].previous + 1
+        assert decisions[i].limit == decisions[i].previous + max(1, decisions[i].previous // 4)
         assert decisions[i + 1].reason == "shrink: no gain"  # nothing gained: back
         assert decisions[i + 1].limit == decisions[i].previous
     # Counting the excursions too, the mean stays near the knee.
@@ -136,18 +139,28 @@ def test_steady_state_is_stable(seed: int, jitter: float) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize(
-    ("model", "low", "high"), [(cpu_bound(2), 2, 5), (cpu_bound(8), 8, 13), (io_bound(), 36, 40)]
+    ("model", "mean_low", "mean_high", "p10_low", "top"),
+    [
+        (cpu_bound(2), 2, 5, 2, 5),
+        # Noise passes for a gain now and then: the limit climbs a step, and the next
+        # probe brings it back (more connections for a while, the same throughput).
+        (cpu_bound(8), 8, 13, 8, 17),
+        (io_bound(), 36, 40, 30, 40),
+    ],
 )
-def test_busy_machine(seed: int, model: Model, low: int, high: int) -> None:
-    # Every window up to 15 % slower at random (other processes on the machine):
-    # the limit stays near the knee and does not wander.
+def test_busy_machine(
+    seed: int, model: Model, mean_low: int, mean_high: int, p10_low: int, top: int
+) -> None:
+    # Every window up to 15 % slower at random (other processes on the machine): the
+    # mean stays near the knee; a slow window can make a high limit shrink once (and
+    # come back the next window, the shrink having lost throughput).
     sim = Sim(AdaptiveLimit(max_limit=40), model, window_noise=0.15, seed=seed)
     sim.run(30)
-    decisions = sim.run(120)
-    tail = steady(decisions)
+    tail = steady(sim.run(120))
     mean = sum(tail) / len(tail)
-    assert low <= mean <= high, (mean, tail)
-    assert max(tail) - min(tail) <= 6, tail
+    assert mean_low <= mean <= mean_high, (mean, tail)
+    ordered = sorted(tail)
+    assert ordered[len(ordered) // 10] >= p10_low and ordered[-1] <= top, tail
 
 
 def test_one_slow_window_is_not_a_new_workload() -> None:
@@ -191,7 +204,7 @@ def test_probes_are_rare_and_short(model: Model, longest: int) -> None:
     ("name", "before", "after", "low", "high", "within"),
     [
         # Holding still in the band for 5 s, then one more connection shows the gain.
-        ("CPU to I/O: grows", cpu_bound(2), io_bound(), 30, 40, 16),
+        ("CPU to I/O: grows", cpu_bound(2), io_bound(), 30, 40, 22),
         ("I/O to CPU: shrinks", io_bound(), cpu_bound(2), 2, 5, 8),
         ("2 to 8 cores: grows", cpu_bound(2), cpu_bound(8), 8, 12, 12),
         ("8 to 2 cores: shrinks", cpu_bound(8), cpu_bound(2), 2, 5, 8),
@@ -244,7 +257,7 @@ def test_min_size_above_the_knee() -> None:
     sim = Sim(AdaptiveLimit(min_limit=6, max_limit=40), cpu_bound(2))
     decisions = sim.run(60)
     assert all(d.limit >= 6 for d in decisions)
-    assert all(d.limit <= 10 for d in decisions[20:]), [d.limit for d in decisions]
+    assert all(limit <= 10 for limit in steady(decisions[20:])), [d.limit for d in decisions]
 
 
 def test_budget_lowered_then_lifted() -> None:
