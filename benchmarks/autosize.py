@@ -386,9 +386,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines.append(
         f"{meta['date']}, {meta['cpus']} CPUs, {meta['borrowers']} borrowers closed-loop, "
         f"{meta['duration']} s window after {meta['warmup']} s warm-up; asyncpool "
-        f"{meta['revision']}. Workloads: "
-        + "; ".join(f"`{k}`: `{v}`" for k, v in WORKLOADS.items())
-        + "."
+        f"{meta['revision']}; load average (1/5/15 min) {meta['loadavg_before']} before, "
+        f"{meta['loadavg_after']} after (the machine is shared: compare rows of one run). "
+        "Workloads: " + "; ".join(f"`{k}`: `{v}`" for k, v in WORKLOADS.items()) + "."
     )
     lines.append("")
     lines.append(
@@ -528,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.sizes = [int(s) for s in args.sizes.split(",")]
 
     notes: list[str] = []
+    load_before = os.getloadavg()
     with contextlib.ExitStack() as stack:
         dsn = args.dsn
         if dsn is None and args.parts & {"fixed", "autosize", "offline"}:
@@ -549,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "offline_warmup": args.offline_warmup,
             "offline_duration": args.offline_duration,
             "update_interval": UPDATE_INTERVAL,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "cells": [dataclasses.asdict(c) for c in cells],
         "notes": notes,
