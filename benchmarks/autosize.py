@@ -522,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dsn", default=None, help="use a running server")
     parser.add_argument("--verbose", action="store_true", help="print every decision")
     parser.add_argument("--name", default="autosize", help="results/<name>.{json,md}")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.parts = set(args.parts.split(","))
     args.workloads = args.workloads.split(",")
@@ -558,10 +559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets(cells),
         "fleet": fleet,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    out: Path = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     markdown = to_markdown(report)
-    (RESULTS / f"{args.name}.md").write_text(markdown)
+    (out / f"{args.name}.md").write_text(markdown)
     print(markdown)
     return 0
 
