@@ -45,21 +45,20 @@ changes make it fit a connection pool:
    throughput ran below the knee; the lowest mean hold time seen is the baseline, and
    the limit returns to the lowest level that kept the throughput; a level that kept
    it with a hold time close to the old baseline confirms it and ends the probe early,
-   without a window below the knee (BBR's "ProbeRTT",
-   made to find the knee; Gradient2 lets its long average drift instead). A probe
+   without a window below the knee (BBR's "ProbeRTT", made to find the knee; Gradient2
+   lets its long average drift instead). A probe
    runs when the pool starts above its floor, when a window is much faster than the
    baseline (a lighter workload), and every ``probe_interval`` seconds otherwise. A
    shrink that lost more than half of its proportional share of throughput is undone
    and the baseline re-anchored so that the level before sits in the middle of the
    band: there the hold time rose *with* the throughput (a busy client on the same
    machine, a server that does not simply share its CPU), which Vegas alone would
-   misread as queueing.
-   A window that is merely a little faster lowers the baseline directly.
+   misread as queueing. A window that is merely a little faster lowers the baseline
+   directly.
 3. *Exploring up.* A limit that held still in the band for ``explore_interval``
    seconds tries a quarter more connections (at least one) for one window and goes
-   back when the
-   throughput did not rise by at least half of the proportional gain (``step /
-   limit``): "grow while more connections raise throughput". When it did rise, the
+   back when the throughput did not rise by at least half of the proportional gain
+   (``step / limit``): "grow while more connections raise throughput". When it did rise, the
    hold time that looked like queueing came with throughput (a slower workload than
    the baseline's, a busy client); the baseline is re-anchored so that the new level
    sits in the middle of the band, and the limit keeps climbing by a quarter per
@@ -212,8 +211,8 @@ class AdaptiveLimit:
                 without queueing.
             min_samples: completed leases a window needs before it is judged.
             probe_interval: seconds after which an unconfirmed baseline is re-measured.
-            explore_interval: seconds the limit holds still before one more connection
-                is tried.
+            explore_interval: seconds the limit holds still before more connections
+                (a quarter, at least one) are tried.
         """
         if max_limit < 1:
             raise ValueError(f"max_limit must be at least 1, got {max_limit}")
@@ -242,8 +241,8 @@ class AdaptiveLimit:
         self._changed_at = -math.inf
         self._baseline: float | None = None
         self._baseline_at = 0.0
-        # The limit to return to after a probe: the one before it (while calibrating,
-        # the one before the last halving, the lowest that still showed queueing).
+        # The limit to return to after a probe: the one before it, or the lowest level
+        # a halving reached without losing throughput.
         self._probe_saved: int | None = None
         self._shrunk_from: _Window | None = None  # the window before the last shrink
         self._explored_from: _Window | None = None  # the window before an explore
@@ -359,15 +358,15 @@ class AdaptiveLimit:
             1.0 - _LOSS_TOLERATED * (shrunk_from.limit - limit) / shrunk_from.limit
         ):
             # The last shrink lost more than half its proportional share of throughput:
-            # the hold time had risen with the throughput
-            # (a busy client, a server that is not simply sharing its CPU), so it was
-            # worth it. Go back, and re-anchor the baseline so that the level before
-            # sits in the middle of the band: shrink again only on more queueing.
+            # the hold time had risen with the throughput (a busy client, a server that
+            # is not simply sharing its CPU), so it was worth it. Go back, and re-anchor
+            # the baseline so that the level before sits in the middle of the band:
+            # shrink again only on more queueing.
             before = shrunk_from
             self._baseline = before.rtt * max(0.5, 1.0 - _band_middle(before.limit) / before.used)
             self._baseline_at = now
             return before.limit, "grow: throughput gained"
-        elif explored_from is not None:
+        elif explored_from is not None and limit > explored_from.limit:
             before = explored_from
             step = limit - before.limit
             if throughput < before.throughput * (1.0 + _GAIN_NEEDED * step / before.limit):
@@ -399,7 +398,7 @@ class AdaptiveLimit:
                 return limit, "hold: demand below limit"
             step = max(1, limit // 2) if queue < alpha / 2 else 1
             return limit + step, "grow: latency flat"
-        if now - self._changed_at >= self._explore_interval and peak >= limit:
+        if now - self._changed_at >= self._explore_interval and peak >= limit and limit < self._max:
             # Held in the band for a while: check that more connections gain nothing.
             self._explored_from = _Window(limit, rtt, used, throughput)
             return limit + _explore_step(limit), "explore: more"

@@ -271,6 +271,21 @@ def test_budget_lowered_then_lifted() -> None:
     assert decisions[-1].limit == 40
 
 
+def test_no_explore_at_the_cap_or_when_the_budget_cut_it() -> None:
+    sim = Sim(AdaptiveLimit(max_limit=4), cpu_bound(2))
+    decisions = sim.run(60)
+    assert all(d.reason != "explore: more" for d in decisions[10:])
+    # An explore that the budget cut short is not judged as one.
+    sim = Sim(AdaptiveLimit(max_limit=40), cpu_bound(2))
+    sim.run(30)
+    while sim.step().reason != "explore: more":
+        pass
+    baseline = sim.algo.stats().baseline_rtt
+    sim.budget = 2
+    assert sim.step().reason == "cap: budget"
+    assert sim.algo.stats().baseline_rtt == baseline
+
+
 def test_no_growth_without_demand() -> None:
     # Three borrowers: a pool of 40 would learn nothing, so the limit stays near 3.
     sim = Sim(AdaptiveLimit(max_limit=40), io_bound(), borrowers=3)
