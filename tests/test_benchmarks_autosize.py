@@ -1,0 +1,84 @@
+"""The autosize benchmark harness (benchmarks/autosize.py): its gate, its targets, a tiny run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import autosize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def test_gate_follows_its_limit() -> None:
+    gate = autosize.Gate(1)
+    order: list[str] = []
+
+    async def user(name: str) -> None:
+        async with gate:
+            order.append(f"{name}+")
+            await asyncio.sleep(0.01)
+            order.append(f"{name}-")
+
+    tasks = [asyncio.create_task(user(n)) for n in "abc"]
+    await asyncio.sleep(0)
+    assert gate.inflight == 1
+    gate.set_limit(2)  # a second one enters at once
+    assert gate.inflight == 2
+    await asyncio.gather(*tasks)
+    assert gate.inflight == 0
+    assert order[:2] == ["a+", "b+"]
+
+
+def cell(part: str, config: str, throughput: float, p99: float, conns: float) -> autosize.Cell:
+    return autosize.Cell(part, "cpu", config, throughput, p99 / 2, p99, conns, 100, 0)
+
+
+def test_targets() -> None:
+    cells = [
+        cell("fixed", "size 2", 700, 150, 2),
+        cell("fixed", "size 40", 650, 200, 40),
+        cell("offline", "AdaptiveLimit", 680, 170, 4.5),
+        cell("autosize", "autosize, max 40", 600, 150, 4),
+    ]
+    lines = autosize.targets(cells)
+    assert lines[0].startswith("best fixed size: size 2")
+    assert lines[1].endswith("PASS")
+    assert lines[2].endswith("FAIL")  # 0.86x the throughput
+
+
+def test_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.autosize",
+        "--dsn",
+        postgres_dsn,
+        "--output-dir",
+        str(tmp_path),
+        "--name",
+        "tiny",
+        "--workloads",
+        "io",
+        "--sizes",
+        "2",
+        "--borrowers",
+        "10",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.5",
+        "--offline-warmup",
+        "0.5",
+        "--offline-duration",
+        "1.5",
+    ]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=100)
+    report = json.loads((tmp_path / "tiny.json").read_text())
+    parts = [c["part"] for c in report["cells"]]
+    assert parts[0] == "fixed" and parts[-1] == "offline"
+    assert all(c["operations"] > 0 and c["errors"] == 0 for c in report["cells"])
+    assert (tmp_path / "tiny.md").read_text().startswith("# Autosize benchmark")
