@@ -36,7 +36,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import multiprocessing
@@ -86,7 +85,7 @@ class Cell:
 
 def autosize_available() -> bool:
     """Whether this asyncpool's Pool takes ``autosize=`` (the lead adds it)."""
-    return "autosize" in inspect.signature(asyncpool.Pool).parameters
+    return "autosize" in {f.name for f in dataclasses.fields(asyncpool.PoolConfig)}
 
 
 def percentile(values: Sequence[float], q: float) -> float:

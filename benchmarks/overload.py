@@ -73,7 +73,6 @@ import contextlib
 import dataclasses
 import datetime
 import importlib.util
-import inspect
 import math
 import os
 import platform
@@ -141,7 +140,9 @@ def fifo_setting() -> dict[str, Any]:
     import asyncpool
 
     return (
-        {"overload": "fifo"} if "overload" in inspect.signature(asyncpool.Pool).parameters else {}
+        {"overload": "fifo"}
+        if "overload" in {f.name for f in dataclasses.fields(asyncpool.PoolConfig)}
+        else {}
     )
 
 

@@ -23,6 +23,7 @@ LAYERS: dict[str, float] = {
     "_tracking": 0,
     "_quiet": 0,
     "_policy": 0,
+    "_autosize": 0,
     "_settings_types": 0.5,
     # units: the slot table, the waiter queue, the loop/thread/fork guard, the budget check
     "_slots": 1,
