@@ -132,6 +132,7 @@ class PoolConfig:
     instances: int = 1
     budget_check: Literal["warn", "refuse", "off"] = "warn"
     init_size: int | None = None  # asyncpg's: connections open() opens (None: min_size)
+    overload: Literal["adaptive", "fifo"] = "adaptive"
 
     __module__ = "asyncpool"
 
@@ -283,6 +284,8 @@ class PoolConfig:
                     f"init_size must be between min_size ({self.min_size}) and max_size "
                     f"({self.max_size}), got {self.init_size!r}"
                 )
+        if self.overload not in ("adaptive", "fifo"):
+            raise ValueError(f"overload must be 'adaptive' or 'fifo', got {self.overload!r}")
         if self.pooler is not None and self.pooler not in POOLERS:
             raise ValueError(
                 f"pooler must be None or one of {', '.join(POOLERS)}, got {self.pooler!r}"

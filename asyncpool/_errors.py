@@ -18,6 +18,7 @@ __all__ = (
     "DatabaseUnavailable",
     "PoolClosed",
     "PoolError",
+    "PoolOverloaded",
     "PoolTimeout",
     "PoolUsageError",
     "TooManyWaiters",
@@ -32,6 +33,14 @@ class PoolError(Exception):
 
 class PoolTimeout(PoolError, TimeoutError):
     """No connection could be lent before the acquire deadline."""
+
+    __module__ = "asyncpool"
+
+
+class PoolOverloaded(PoolTimeout):
+    """Refused at once (or dropped from the queue) because, with the pool past its
+    capacity, the borrower could not have been served before its deadline.
+    """
 
     __module__ = "asyncpool"
 

@@ -115,6 +115,9 @@ class Pool(PoolUpkeep, AsyncpgPoolMethods):
             pings_total=c.pings_total,
             pings_failed_total=c.pings_failed_total,
             leaks_total=c.leaks_total,
+            overload_refused_total=c.overload_refused_total,
+            overload_shed_total=c.overload_shed_total,
+            served_newest_total=self._waiters.served_newest,
             wait_time=c.wait_time.snapshot(acquired - c.wait_time.count),
             use_time=c.use_time.snapshot(),
             connect_time=c.connect_time.snapshot(),
@@ -125,6 +128,7 @@ class Pool(PoolUpkeep, AsyncpgPoolMethods):
         snapshot = self.stats()
         self._counters = _Counters()
         self._counters.lends_before = self._lends()
+        self._waiters.served_newest = 0
         return snapshot
 
     def add_event_hook(self, hook: EventHook) -> None:
@@ -191,10 +195,10 @@ class Pool(PoolUpkeep, AsyncpgPoolMethods):
                 "loop it is opened on)"
             )
         _guard.bind(self, loop)
-        self._waiters.bind(loop)
         # The loop's clock (deadlines are loop times, so a test loop's virtual clock
         # rules them); asyncio's is time.monotonic itself.
         self._clock = _now if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        self._waiters.bind(loop, self._clock)
         self._done = loop.create_future()
         self._done.set_result(None)
         if wait:
@@ -302,7 +306,7 @@ class Pool(PoolUpkeep, AsyncpgPoolMethods):
             self._state = CLOSED
             self._lends_gone = self._lends()
             self._table.clear()
-            self._waiters = type(self._waiters)(self._timed_out)
+            self._waiters = type(self._waiters)(self._timed_out)  # (forget the parent's)
             self._tasks.clear()
             return
         if self._state is not CLOSED:

@@ -62,6 +62,7 @@ class PoolSettings(TypedDict, total=False):
     pooler: Pooler | None
     instances: int
     budget_check: BudgetCheck
+    overload: Literal["adaptive", "fifo"]
     # -- asyncpg.create_pool's names, accepted for migration
     max_inactive_connection_lifetime: float | None
     loop: asyncio.AbstractEventLoop | None

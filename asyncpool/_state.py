@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import _pg
 from ._config import PoolConfig, server_label
-from ._errors import ConnectionConfigError, DatabaseUnavailable, PoolError, PoolTimeout
+from ._errors import (
+    ConnectionConfigError,
+    DatabaseUnavailable,
+    PoolError,
+    PoolOverloaded,
+    PoolTimeout,
+)
 from ._events import EventHook, EventKind, PoolEvent, emit
 from ._policy import diagnose_timeout
 from ._slots import SlotState, SlotTable, _Slot
@@ -90,8 +96,11 @@ class PoolState:
         "_lends_gone",
         "_limit_uses",
         "_loop",
+        "_hold_mark",
         "_lost_in_burst",
         "_lost_logged_at",
+        "_mean_hold",
+        "_overload_logged_at",
         "_maintenance",
         "_max_queries",
         "_max_size",
@@ -129,7 +138,14 @@ class PoolState:
         # (The table's own containers, under the names the hot paths read.)
         self._slots: set[_Slot] = self._table.slots
         self._idle: deque[_Slot] = self._table.idle
-        self._waiters: WaiterQueue[_Slot] = WaiterQueue(self._timed_out)
+        self._waiters: WaiterQueue[_Slot] = WaiterQueue(
+            self._timed_out, self._shed, self._on_standing
+        )
+        # Seconds a lease lasts, lately (from the use-time histogram; see _upkeep), and
+        # the (count, sum) it was last measured from: for overload control.
+        self._mean_hold = 0.0
+        self._hold_mark = (0, 0.0)
+        self._overload_logged_at = float("-inf")
         self._counters = _Counters()
         self._lends_gone = 0  # lends of slots no longer in the pool (see _lends)
         self._over_max = False  # above max_size after resize(): returns check the bound
@@ -172,6 +188,7 @@ class PoolState:
         self._update_extras()
         self._auto_reset = cfg.reset == "auto" and not cfg.shares_server_sessions
         self._statement_pooler = cfg.pooler == "pgbouncer-statement"
+        self._waiters.adaptive = cfg.overload == "adaptive"
 
     def _update_extras(self) -> None:
         # One test on the hot path instead of three.
@@ -376,6 +393,49 @@ class PoolState:
         error = PoolTimeout(self._diagnose_timeout(waited))
         error.__cause__ = self._last_connect_error
         return error
+
+    def _shed(self, started: float, now: float) -> PoolOverloaded:
+        """A waiter dropped from a standing queue (the waiter queue's callback)."""
+        self._counters.overload_shed_total += 1
+        waited = now - started
+        if self._hooks:
+            self._emit(EventKind.TIMEOUT, waited, reason="overload: shed")
+        return PoolOverloaded(
+            f"asyncpool pool {self.name!r}: overloaded; this borrower waited {waited:.3f}s "
+            f"and its time left no longer covers a usual lease ({self._mean_hold:.3f}s), so "
+            "it is told now. Newer borrowers are served first while the pool is past its "
+            "capacity: shed load upstream, raise max_size if the server allows, or pass "
+            "overload='fifo' to turn this off"
+        )
+
+    def _refuse_overloaded(self, position: int, remaining: float) -> PoolOverloaded:
+        """A borrower refused at once by admission control (see _policy.admit)."""
+        self._counters.overload_refused_total += 1
+        if self._hooks:
+            self._emit(EventKind.TIMEOUT, 0.0, reason="overload: refused")
+        return PoolOverloaded(
+            f"asyncpool pool {self.name!r}: overloaded; {position - 1} borrowers wait ahead "
+            f"of this one for {self._max_size} connections held {self._mean_hold:.3f}s on "
+            f"average, more than its {remaining:.3f}s left, so it is refused now instead of "
+            "timing out later: shed load upstream, raise max_size if the server allows, or "
+            "pass overload='fifo' to turn this off"
+        )
+
+    def _on_standing(self, standing: bool) -> None:
+        """The waiter queue started or stopped standing: say so, at most every 10 s."""
+        now = _now()
+        if standing and now - self._overload_logged_at >= 10.0:
+            self._overload_logged_at = now
+            logger.warning(
+                "asyncpool pool %r: overloaded: borrowers wait more than half of their time; "
+                "serving the newest first and telling those who cannot be served in time at "
+                "once (%d refused, %d dropped so far; overload='fifo' turns this off)",
+                self.name,
+                self._counters.overload_refused_total,
+                self._counters.overload_shed_total,
+            )
+        elif not standing:
+            logger.debug("asyncpool pool %r: the waiter queue moves again", self.name)
 
     def _diagnose_timeout(self, waited: float) -> str:
         n = self._table.state_counts()

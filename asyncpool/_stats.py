@@ -92,6 +92,8 @@ class _Counters:
         "connections_lost_total",
         "connections_opened_total",
         "leaks_total",
+        "overload_refused_total",
+        "overload_shed_total",
         "pings_failed_total",
         "pings_total",
         "returns_not_skipped",
@@ -121,6 +123,8 @@ class _Counters:
         self.pings_total = 0
         self.pings_failed_total = 0
         self.leaks_total = 0
+        self.overload_refused_total = 0
+        self.overload_shed_total = 0
         self.wait_time = _Recorder()
         self.use_time = _Recorder()
         self.connect_time = _Recorder()
@@ -162,6 +166,12 @@ class PoolStats:
     pings_total: int
     pings_failed_total: int
     leaks_total: int
+    overload_refused_total: int
+    """Borrowers refused at once: under overload they could not be served in time."""
+    overload_shed_total: int
+    """Waiters dropped from the queue: their time left no longer covered a query."""
+    served_newest_total: int
+    """Connections handed to the newest waiter while the queue stood (adaptive LIFO)."""
     wait_time: TimeSummary
     use_time: TimeSummary
     connect_time: TimeSummary

@@ -16,6 +16,7 @@ import weakref
 from time import monotonic as _now
 
 from ._events import EventKind
+from ._policy import MIN_HOLD_SAMPLES
 from ._slots import SlotState
 from ._state import INF, OPEN
 from ._workers import PoolWorkers
@@ -73,10 +74,25 @@ class PoolUpkeep(PoolWorkers):
             self._retire(slot, "max_idle")
         self._schedule_idle_expiry()
 
+    def _measure_hold(self) -> None:
+        """Refresh the usual lease time (for overload control) from the use-time histogram:
+        the mean of the leases since the last measure, once there are enough of them.
+        """
+        use_time = self._counters.use_time
+        count, total = use_time.count, use_time.sum
+        last_count, last_total = self._hold_mark
+        if count < last_count:  # pop_stats() reset the counters
+            last_count, last_total = 0, 0.0
+        if count - last_count >= MIN_HOLD_SAMPLES:
+            self._mean_hold = (total - last_total) / (count - last_count)
+            self._hold_mark = (count, total)
+            self._waiters.min_useful = self._mean_hold
+
     def _housekeep(self) -> None:
         """One maintenance pass (sync): lifetimes, idle limits, keepalive, leaks, refill."""
         if self._state != OPEN:
             return
+        self._measure_hold()
         cfg = self._config
         loop = self._loop
         assert loop is not None

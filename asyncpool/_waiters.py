@@ -14,6 +14,15 @@ when it fires, every waiter past its deadline is failed with the error the owner
 waits on another's: the timer scans the deque only up to the first default deadline
 still ahead, and the heap by its own order.
 
+Discipline. First come, first served, while the queue moves. With ``adaptive`` on,
+when the oldest waiter still waiting has used half of its time
+(:func:`_policy.standing_after`), the queue stands: the pool is past its capacity. Then
+:meth:`WaiterQueue.give` serves the newest waiter instead (adaptive LIFO), whose
+deadline is furthest away, and drops from the front the waiters whose time left is
+below ``min_useful`` (the pool's usual hold time: they could not finish a query),
+failing them with the owner's ``shed(started, now)`` error. When the queue moves again
+it is first come, first served again. ``on_standing(bool)`` hears each change.
+
 Synchronous throughout: no ``await``, so on one event loop these operations need no
 lock and cannot be interrupted by a cancellation.
 """
@@ -24,7 +33,10 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
+from time import monotonic
 from typing import Generic, TypeVar
+
+from ._policy import standing_after
 
 __all__ = ("WaiterQueue",)
 
@@ -36,16 +48,42 @@ _Future = asyncio.Future
 class WaiterQueue(Generic[_T]):
     """Borrowers waiting for an item, first come first served, each with a deadline."""
 
-    __slots__ = ("_fifo", "_heap", "_loop", "_seq", "_timed_out", "_timer", "_timer_at", "live")
+    __slots__ = (
+        "_clock",
+        "_fifo",
+        "_heap",
+        "_loop",
+        "_on_standing",
+        "_seq",
+        "_shed",
+        "_timed_out",
+        "_timer",
+        "_timer_at",
+        "adaptive",
+        "live",
+        "min_useful",
+        "served_newest",
+        "shed_total",
+        "standing",
+    )
 
-    def __init__(self, timed_out: Callable[[float, float], BaseException]) -> None:
+    def __init__(
+        self,
+        timed_out: Callable[[float, float], BaseException],
+        shed: Callable[[float, float], BaseException] | None = None,
+        on_standing: Callable[[bool], None] | None = None,
+    ) -> None:
         """``timed_out(started, now)``: the error for a waiter whose deadline passed
-        (called once per such waiter, in the timer's callback).
+        (called once per such waiter, in the timer's callback); ``shed(started, now)``:
+        the error for a waiter dropped from a standing queue.
         """
         self._timed_out = timed_out
+        self._shed = shed or timed_out
+        self._on_standing = on_standing
         self._loop: asyncio.AbstractEventLoop | None = None
-        # (future, deadline if in arrival order else inf, start), oldest first.
-        self._fifo: deque[tuple[asyncio.Future[_T], float, float]] = deque()
+        self._clock: Callable[[], float] = monotonic
+        # (future, deadline if in arrival order else inf, start, standing_after, deadline)
+        self._fifo: deque[tuple[asyncio.Future[_T], float, float, float, float]] = deque()
         # Deadlines of waiters with their own timeout: (deadline, seq, future, start).
         self._heap: list[tuple[float, int, asyncio.Future[_T], float]] = []
         self._seq = 0
@@ -53,10 +91,21 @@ class WaiterQueue(Generic[_T]):
         self._timer_at = _INF
         #: Waiters still waiting (futures not done).
         self.live = 0
+        #: Serve the newest waiter while the queue stands (see the module notes).
+        self.adaptive = False
+        #: Seconds a waiter must have left to be worth serving in a standing queue.
+        self.min_useful = 0.0
+        #: True while the queue stands (as of the last hand-over).
+        self.standing = False
+        self.served_newest = 0
+        self.shed_total = 0
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Use ``loop`` for futures and the timer (when the pool opens)."""
+    def bind(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
+        """Use ``loop`` for futures and the timer, ``clock`` for starts and deadlines
+        (the loop's clock: when the pool opens).
+        """
         self._loop = loop
+        self._clock = clock
 
     def __len__(self) -> int:
         return self.live
@@ -73,20 +122,37 @@ class WaiterQueue(Generic[_T]):
         # asyncio.Future itself (not loop.create_future(), a Python call on asyncio's
         # loops): every loop asyncpool supports makes plain asyncio futures.
         fut: asyncio.Future[_T] = _Future(loop=self._loop)
+        standing = standing_after(started, deadline)
         if in_order:
-            self._fifo.append((fut, deadline, started))
+            self._fifo.append((fut, deadline, started, standing, deadline))
             if deadline < self._timer_at:
                 self._arm(deadline)
         else:
-            self._fifo.append((fut, _INF, started))
+            self._fifo.append((fut, _INF, started, standing, deadline))
             if deadline != _INF:
                 self._push_heap(fut, deadline, started)
         self.live += 1
         return fut
 
     def give(self, item: _T) -> bool:
-        """Hand ``item`` to the oldest live waiter (True), or to nobody (False)."""
+        """Hand ``item`` to a live waiter (True), or to nobody (False): the oldest, or
+        the newest while the queue stands (``adaptive``; see the module notes).
+        """
         fifo = self._fifo
+        while fifo and fifo[0][0].done():
+            fifo.popleft()
+        if not fifo:
+            if self.standing:
+                self._set_standing(False)
+            return False
+        if self.adaptive:
+            now = self._clock()
+            if now > fifo[0][3]:  # the oldest is past standing_after(): the queue stands
+                if not self.standing:
+                    self._set_standing(True)
+                return self._give_newest(item, now)
+            if self.standing:
+                self._set_standing(False)
         while fifo:
             fut = fifo.popleft()[0]
             if not fut.done():
@@ -94,6 +160,29 @@ class WaiterQueue(Generic[_T]):
                 fut.set_result(item)
                 return True
         return False
+
+    def _give_newest(self, item: _T, now: float) -> bool:
+        fifo = self._fifo
+        useful = self.min_useful  # (0 until the pool knows its usual lease: no shedding)
+        while fifo and (fifo[0][0].done() or (useful and fifo[0][4] - now < useful)):
+            fut, _, started, _, _ = fifo.popleft()
+            if not fut.done():  # too little time left to finish a query: tell it now
+                self.live -= 1
+                self.shed_total += 1
+                fut.set_exception(self._shed(started, now))
+        while fifo:
+            fut = fifo.pop()[0]
+            if not fut.done():
+                self.live -= 1
+                self.served_newest += 1
+                fut.set_result(item)
+                return True
+        return False
+
+    def _set_standing(self, standing: bool) -> None:
+        self.standing = standing
+        if self._on_standing is not None:
+            self._on_standing(standing)
 
     def abandon(self, fut: asyncio.Future[_T]) -> _T | None:
         """A waiter stopped waiting (cancelled, or its task gave up): forget it. Returns
@@ -159,7 +248,7 @@ class WaiterQueue(Generic[_T]):
         now = loop.time()
         expired: list[tuple[asyncio.Future[_T], float]] = []
         earliest = _INF
-        for fut, deadline, started in self._fifo:  # in-order deadlines: stop at the first
+        for fut, deadline, started, _, _ in self._fifo:  # in-order deadlines: stop at the first
             if deadline <= now:  # one still ahead (own-timeout entries hold inf here)
                 expired.append((fut, started))
             elif deadline != _INF:

@@ -50,6 +50,7 @@ def test_error_tree() -> None:
     ):
         assert issubclass(getattr(asyncpool, name), asyncpool.PoolError), name
     assert issubclass(asyncpool.PoolTimeout, TimeoutError)
+    assert issubclass(asyncpool.PoolOverloaded, asyncpool.PoolTimeout)
     assert issubclass(asyncpool.PoolUsageError, RuntimeError)
 
 

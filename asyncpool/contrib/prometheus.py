@@ -77,6 +77,12 @@ _COUNTER_HELP = {
     "pings_total": "Health checks of idle connections.",
     "pings_failed_total": "Health checks that failed.",
     "leaks_total": "Connections held past leak_timeout or garbage-collected unreleased.",
+    "overload_refused_total": "Acquires refused at once: overloaded, they could not be "
+    "served in time (PoolOverloaded).",
+    "overload_shed_total": "Waiters dropped from a standing queue: too little time left "
+    "(PoolOverloaded).",
+    "served_newest_total": "Connections handed to the newest waiter while the queue stood "
+    "(adaptive LIFO).",
 }
 
 _HISTOGRAMS = (
