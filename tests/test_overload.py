@@ -118,7 +118,7 @@ async def test_a_standing_queue_tells_waiters_without_time_for_a_lease_at_once(
 async def test_admission_refuses_at_once_whom_the_queue_cannot_serve_in_time(
     make_fake_pool: Any,
 ) -> None:
-    pool, clock = await clocked_pool(make_fake_pool)
+    pool, _ = await clocked_pool(make_fake_pool)
     pool._mean_hold = 0.1
     held = await pool.acquire()
     ahead = [await queue(pool, timeout=10) for _ in range(4)]
