@@ -40,7 +40,7 @@ __all__ = (
     "read_server_facts",
 )
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.budget")
 
 BudgetPolicy = Literal["warn", "refuse", "off"]
 BUDGET_POLICIES: tuple[str, ...] = ("warn", "refuse", "off")

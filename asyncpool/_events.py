@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 __all__ = ("EventHook", "EventKind", "PoolEvent")
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.events")
 
 
 class EventKind(enum.Enum):

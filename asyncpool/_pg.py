@@ -56,7 +56,7 @@ __all__ = (
     "terminate",
 )
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.pool")
 
 #: The statements of a full reset, after any ROLLBACK. It restores what a new
 #: session looks like (like ``DISCARD ALL``) except that it keeps prepared

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Pool", "create_pool")
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.pool")
 
 IDLE = SlotState.IDLE
 IN_USE = SlotState.IN_USE

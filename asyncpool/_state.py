@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ("CLOSED", "CLOSING_POOL", "NEW", "OPEN", "OPENING", "PoolState")
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.pool")
 
 CONNECTING = SlotState.CONNECTING
 IDLE = SlotState.IDLE

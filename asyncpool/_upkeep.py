@@ -23,7 +23,7 @@ from ._workers import PoolWorkers
 
 __all__ = ("PoolUpkeep", "maintain")
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.pool")
 
 IN_USE = SlotState.IN_USE
 CHECKING = SlotState.CHECKING

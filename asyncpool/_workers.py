@@ -32,7 +32,7 @@ from ._wrappers import wrapper_classes
 
 __all__ = ("PoolWorkers",)
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.pool")
 
 _T = TypeVar("_T")
 IDLE = SlotState.IDLE

@@ -53,7 +53,7 @@ from ._stats import PoolStats
 
 __all__ = ("Role", "RoleWatcher", "RoutingPool", "RoutingStats")
 
-logger = logging.getLogger("asyncpool")
+logger = logging.getLogger("asyncpool.routing")
 
 Role = Literal["primary", "standby"]
 """The role a :class:`RoleWatcher` expects of a server."""

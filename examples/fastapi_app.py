@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from asyncpool.contrib.fastapi import (
     CancelOnDisconnect,
@@ -59,7 +59,13 @@ app.include_router(health_router())  # GET /livez, GET /readyz
 
 
 class NoteIn(BaseModel):
-    text: str
+    # Validated before the handler runs: an empty note is a 422, not a CHECK violation
+    # (a 500) from the database.
+    text: str = Field(min_length=1)
+
+
+class BatchNoteIn(BaseModel):
+    text: str  # (checked in the handler, to show a batch rolled back as a whole)
 
 
 class Note(BaseModel):
@@ -93,7 +99,7 @@ async def create_note(note: NoteIn, tx: TransactionDep) -> Note:
 
 
 @app.post("/notes/batch", status_code=201)
-async def create_notes(notes: list[NoteIn], tx: TransactionDep) -> list[Note]:
+async def create_notes(notes: list[BatchNoteIn], tx: TransactionDep) -> list[Note]:
     """All or nothing: one bad note (empty text) rolls the whole batch back."""
     created = []
     for note in notes:

@@ -221,7 +221,7 @@ async def test_check_budget_warn_refuse_off(
                 conn, max_size=too_big, instances=2, policy="warn", pool_name="warned"
             )
         assert not report.ok
-        [record] = [r for r in caplog.records if r.name == "asyncpool"]
+        [record] = [r for r in caplog.records if r.name.startswith("asyncpool")]
         assert record.levelno == logging.WARNING
         assert "'warned'" in record.getMessage()
         caplog.clear()

@@ -206,6 +206,8 @@ async def test_fastapi_app_in_process(fastapi_example: ModuleType):
             assert note["text"] == "first"
             assert (await client.get(f"/notes/{note['id']}")).json() == note
             assert (await client.get("/notes/999999999")).status_code == 404
+            empty = await client.post("/notes", json={"text": ""})
+            assert empty.status_code == 422  # validated: not the database's CHECK (a 500)
 
             batch = await client.post("/notes/batch", json=[{"text": "a"}, {"text": ""}])
             assert batch.status_code == 422  # the whole batch rolled back

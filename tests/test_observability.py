@@ -74,7 +74,7 @@ def asyncpool_logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.Lo
     try:
         yield records
     finally:
-        records.extend(r for r in caplog.records[start:] if r.name == "asyncpool")
+        records.extend(r for r in caplog.records[start:] if r.name.startswith("asyncpool"))
 
 
 # ------------------------------------------------------------------ OpenTelemetry
