@@ -28,7 +28,7 @@ import logging
 from typing import Any, Literal
 
 from ._errors import ConnectionBudgetExceeded
-from ._quiet import quiet
+from ._quiet import own, quiet
 
 __all__ = (
     "BUDGET_POLICIES",
@@ -88,7 +88,7 @@ async def read_server_facts(conn: Any) -> ServerFacts:
     ``conn`` is an ``asyncpg.Connection`` or a pooled connection.
     """
     with quiet():  # the pool's own query: no tracing span
-        row = await conn.fetchrow(_FACTS_SQL)
+        row = await own(conn, "fetchrow")(_FACTS_SQL)
     return ServerFacts(
         max_connections=int(row[0]),
         superuser_reserved_connections=int(row[1]),

@@ -23,7 +23,7 @@ from asyncpg.connection import _ConnectionProxy
 
 from ._config import PoolConfig
 from ._errors import PoolUsageError
-from ._quiet import quiet
+from ._quiet import own, quiet
 
 #: asyncpg's base class of pool proxies: ``isinstance(x, asyncpg.Connection)`` holds for
 #: its subclasses, which is how asyncpool's lent connection passes for one.
@@ -288,7 +288,7 @@ async def _rollback(conn: Any) -> None:
         # ``transaction()`` starts a real transaction, not a savepoint.
         conn._top_xact = None
     if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
+        await own(conn, "execute")("ROLLBACK")
 
 
 def remove_callbacks(conn: Any, callbacks: list[tuple[str, Any]]) -> None:
@@ -320,13 +320,13 @@ async def reset_connection(conn: Any, *, full: bool, rollback: bool) -> None:
             await _rollback(conn)
         if full:
             forget_listeners(conn)
-            await conn.execute(FULL_RESET_SQL)
+            await own(conn, "execute")(FULL_RESET_SQL)
 
 
 async def ping(conn: Any) -> None:
     """One round trip that proves the server answers (simple protocol, nothing prepared)."""
     with quiet():
-        await conn.execute("SELECT 1")
+        await own(conn, "execute")("SELECT 1")
 
 
 async def close_gracefully(conn: Any, timeout: float) -> None:

@@ -11,6 +11,11 @@ check before they start a span.
 It costs a dictionary lookup when OpenTelemetry is not in use: the context key is only
 set when ``opentelemetry.context`` is already imported (an instrumentation imports
 it), and asyncpool never imports OpenTelemetry here.
+
+Not every instrumentation checks that key (OpenTelemetry's asyncpg instrumentation does
+not, as of this writing). :func:`own` therefore also finds the connection's own method
+behind a ``wrapt`` wrapper that an instrumentation put on the connection's class, and the
+pool calls that one for its statements.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType, TracebackType
 from typing import Any
 
-__all__ = ("quiet",)
+__all__ = ("own", "quiet")
 
 _NOTHING: AbstractContextManager[None] = nullcontext()
 
@@ -56,3 +61,17 @@ def quiet() -> AbstractContextManager[None]:
     if context is None or not hasattr(context, "_SUPPRESS_INSTRUMENTATION_KEY"):
         return _NOTHING
     return _Suppressed(context)
+
+
+def own(conn: Any, name: str) -> Any:
+    """``conn``'s method ``name``, bound, past any ``wrapt`` wrapper an instrumentation
+    put on its class (the method as the class defines it). Other wrappers, such as a
+    ``connection_class``'s own decorators, are kept.
+    """
+    method = getattr(type(conn), name, None)
+    # (wrapt's FunctionWrapper and BoundFunctionWrapper, in C or in Python)
+    if method is not None and type(method).__name__.endswith("FunctionWrapper"):
+        original = getattr(method, "__wrapped__", None)
+        if original is not None:
+            return original.__get__(conn, type(conn))
+    return getattr(conn, name)

@@ -25,7 +25,7 @@ from ._core import PoolCore
 from ._errors import ConnectionBudgetExceeded, PoolTimeout
 from ._events import EventKind
 from ._policy import connects_to_start, next_backoff, stall_limit
-from ._quiet import quiet
+from ._quiet import own, quiet
 from ._slots import SlotState, _Slot
 from ._state import OPEN, OPENING
 from ._wrappers import wrapper_classes
@@ -391,7 +391,7 @@ class PoolWorkers(PoolCore):
             )
             if cfg.pooler is None:
                 with quiet():  # the pool's own query: no tracing span
-                    backend_pid = await conn.fetchval("SELECT pg_backend_pid()")
+                    backend_pid = await own(conn, "fetchval")("SELECT pg_backend_pid()")
             if cfg.pooler is None and conn.get_server_pid() != backend_pid:
                 logger.warning(
                     "asyncpool pool %r: a connection pooler or proxy sits between this pool "

@@ -133,3 +133,57 @@ def test_quiet_sets_and_restores_the_suppression_key() -> None:
     with asyncpool._quiet.quiet():
         assert otel_context.get_value(key) is True
     assert not otel_context.get_value(key)
+
+
+@pytest.fixture
+def wrapt_spans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
+    """A stand-in like OpenTelemetry's asyncpg instrumentation as it is today: wrapt
+    wrappers on ``asyncpg.Connection``'s methods that do NOT check the suppress key."""
+    import wrapt
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("asyncpg-instrumentation-stand-in")
+
+    async def traced(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        query = str(args[0]) if args else ""
+        name = query.split()[0] if query.split() else ""
+        with tracer.start_as_current_span(
+            name, kind=trace.SpanKind.CLIENT, attributes={"db.statement": query}
+        ):
+            return await wrapped(*args, **kwargs)
+
+    for method in _METHODS:
+        original = getattr(asyncpg.connection.Connection, method)
+        monkeypatch.setattr(
+            asyncpg.connection.Connection, method, wrapt.FunctionWrapper(original, traced)
+        )
+    yield tracer, exporter
+    provider.shutdown()
+
+
+async def test_an_instrumentation_that_ignores_the_key_still_sees_only_the_user(
+    postgres_dsn: str, wrapt_spans: tuple[trace.Tracer, InMemorySpanExporter]
+) -> None:
+    tracer, exporter = wrapt_spans
+    await request(postgres_dsn, tracer)
+    assert statements(exporter) == USER_STATEMENTS
+
+
+async def test_without_unwrapping_that_instrumentation_would_trace_the_pool(
+    postgres_dsn: str,
+    wrapt_spans: tuple[trace.Tracer, InMemorySpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncpool._quiet, "own", lambda conn, name: getattr(conn, name))
+    for module in ("_pg", "_budget", "_workers"):
+        monkeypatch.setattr(
+            f"asyncpool.{module}.own", lambda conn, name: getattr(conn, name), raising=True
+        )
+    tracer, exporter = wrapt_spans
+    await request(postgres_dsn, tracer)
+    pools_own = [s for s in statements(exporter) if s not in USER_STATEMENTS]
+    assert "ROLLBACK" in pools_own and "SELECT 1" in pools_own
