@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import nox
 
+
+def _install(session: nox.Session, *args: str) -> None:
+    """The package (editable) and the dependency groups named in ``args`` (PEP 735,
+    which needs pip >= 25.1)."""
+    session.install("pip>=25.1")
+    session.install("-e", ".", *args)
+
+
 nox.options.sessions = ["lint", "typecheck", "tests", "tests_fastapi_floor"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -28,7 +36,7 @@ FASTAPI_TEST_DEPS = [
 @nox.session(python=PYTHON[0])
 def tests(session: nox.Session) -> None:
     """The test suite on the default event loop (extra pytest args pass through)."""
-    session.install("-e", ".[test]")
+    _install(session, "--group", "test")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -36,21 +44,21 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("loop", ["uvloop", "debug"])
 def tests_loops(session: nox.Session, loop: str) -> None:
     """The test suite on uvloop and in asyncio debug mode."""
-    session.install("-e", ".[test]")
+    _install(session, "--group", "test")
     session.run("python", "-m", "pytest", *session.posargs, env={"ASYNCPOOL_TEST_LOOP": loop})
 
 
 @nox.session(python="3.12")
 def tests_eager(session: nox.Session) -> None:
     """The test suite with asyncio's eager task factory (Python 3.12+)."""
-    session.install("-e", ".[test]")
+    _install(session, "--group", "test")
     session.run("python", "-m", "pytest", *session.posargs, env={"ASYNCPOOL_TEST_LOOP": "eager"})
 
 
 @nox.session(python=PYTHON[0])
 def tests_long(session: nox.Session) -> None:
     """The long fuzz and soak runs (marked `long`)."""
-    session.install("-e", ".[test]")
+    _install(session, "--group", "test")
     session.run("python", "-m", "pytest", "-m", "long", "--timeout", "1800", *session.posargs)
 
 
@@ -72,7 +80,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON[0])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the type test (tests/typecheck)."""
-    session.install("-e", ".[dev]")
+    _install(session, "--group", "dev")
     session.run("mypy")
     session.run("mypy", "--strict", "tests/typecheck")
 
@@ -80,14 +88,14 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON[0])
 def package(session: nox.Session) -> None:
     """Build the sdist and wheel and check their contents and metadata."""
-    session.install("-e", ".[test]")
+    _install(session, "--group", "test")
     session.run("python", "-m", "pytest", "tests/test_packaging.py", *session.posargs)
 
 
 @nox.session(python=PYTHON[0])
 def bench(session: nox.Session) -> None:
     """The benchmark suite against every peer (see benchmarks/README.md)."""
-    session.install("-e", ".[bench,test]", "pyinstrument")
+    _install(session, "--group", "bench", "--group", "test", "pyinstrument")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
@@ -105,7 +113,7 @@ SCREENSHOT_PAGES = (
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors: docs/_build/html/index.html."""
     # The test extra brings the integrations' libraries, which autodoc imports.
-    session.install("-e", ".[docs,test]")
+    _install(session, "--group", "docs", "--group", "test")
     session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", DOCS_OUT)
 
 
