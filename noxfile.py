@@ -21,7 +21,7 @@ PYTHON = ["3.11", "3.12", "3.13"]
 #: The lowest FastAPI the `fastapi` extra allows (keep in step with pyproject.toml).
 FASTAPI_FLOOR = "0.121.0"
 
-#: What the FastAPI/Starlette tests need, without the rest of the test extra.
+#: What the FastAPI/Starlette tests need, without the rest of the test group.
 FASTAPI_TEST_DEPS = [
     "pytest",
     "pytest-asyncio",
@@ -112,7 +112,7 @@ SCREENSHOT_PAGES = (
 @nox.session(python=PYTHON[0])
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors: docs/_build/html/index.html."""
-    # The test extra brings the integrations' libraries, which autodoc imports.
+    # The test group brings the integrations' libraries, which autodoc imports.
     _install(session, "--group", "docs", "--group", "test")
     session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", DOCS_OUT)
 
