@@ -56,7 +56,7 @@ from ._errors import (
 )
 from ._events import EventKind
 from ._guard import check_loop
-from ._policy import admit, return_verdict
+from ._policy import admission_limit, return_verdict
 from ._slots import SlotState, _Slot
 from ._state import CLOSED, OPEN, PoolState
 from ._stats import HISTOGRAM_BOUNDS
@@ -128,18 +128,18 @@ class PoolCore(PoolState):
         if self._down or self._max_waiting is not None:
             self._may_wait()
         waiters = self._waiters
-        if waiters.live and waiters.adaptive and self._mean_hold:
+        live = waiters.live
+        if live and (live >= self._admit_queue or not in_order) and waiters.adaptive:
             # Deadline-aware admission: refuse now whom the queue cannot serve in time
-            # (standing, the queue serves the newest first: a newcomer is next).
-            position = 1 if waiters.standing else waiters.live + 1
-            remaining = deadline - started
-            if not admit(
-                position=position,
-                pool_size=self._max_size,
-                mean_hold=self._mean_hold,
-                remaining=remaining,
+            # (standing, the queue serves the newest first: a newcomer is next). With the
+            # pool's own timeout the limit is worked out once per maintenance pass.
+            position = 1 if waiters.standing else live + 1
+            if position > (
+                self._admit_queue
+                if in_order
+                else admission_limit(self._max_size, self._mean_hold, deadline - started)
             ):
-                raise self._refuse_overloaded(position, remaining)
+                raise self._refuse_overloaded(position, deadline - started)
         fut = waiters.push(started, deadline, in_order=in_order)
         if self._table.active < self._max_size:
             self._grow()  # (it returns at once when the pool is full)

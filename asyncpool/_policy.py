@@ -16,7 +16,7 @@ __all__ = (
     "ReturnVerdict",
     "connects_to_start",
     "diagnose_timeout",
-    "admit",
+    "admission_limit",
     "next_backoff",
     "standing_after",
     "return_verdict",
@@ -190,10 +190,13 @@ def standing_after(started: float, deadline: float) -> float:
     return started + 0.5 * (deadline - started)
 
 
-def admit(*, position: int, pool_size: int, mean_hold: float, remaining: float) -> bool:
-    """Whether a new waiter at ``position`` in a first-come-first-served queue can
-    expect a connection within its ``remaining`` seconds (Little's law: each of the
-    ``pool_size`` connections frees about every ``mean_hold`` seconds). Refusing at once
-    costs the borrower microseconds instead of a wait that ends in a timeout.
+def admission_limit(pool_size: int, mean_hold: float, remaining: float) -> float:
+    """The last place in a first-come-first-served queue from which a borrower with
+    ``remaining`` seconds can expect a connection in time (Little's law: each of the
+    ``pool_size`` connections frees about every ``mean_hold`` seconds); unbounded while
+    the usual hold is unknown (0). A borrower queued further back is refused at once:
+    microseconds instead of a wait that ends in a timeout.
     """
-    return position * mean_hold / pool_size <= remaining
+    if mean_hold <= 0:
+        return float("inf")
+    return remaining * pool_size / mean_hold

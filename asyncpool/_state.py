@@ -33,7 +33,7 @@ from ._errors import (
     PoolTimeout,
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
-from ._policy import diagnose_timeout
+from ._policy import admission_limit, diagnose_timeout
 from ._slots import SlotState, SlotTable, _Slot
 from ._stats import _Counters
 from ._waiters import WaiterQueue
@@ -70,6 +70,7 @@ class PoolState:
     __slots__ = (
         "__weakref__",
         "_acquire_timeout",
+        "_admit_queue",
         "_auto_reset",
         "_backoff",
         "_clock",
@@ -145,6 +146,7 @@ class PoolState:
         # the (count, sum) it was last measured from: for overload control.
         self._mean_hold = 0.0
         self._hold_mark = (0, 0.0)
+        self._admit_queue = INF  # the admission limit for the pool's own timeout
         self._overload_logged_at = float("-inf")
         self._counters = _Counters()
         self._lends_gone = 0  # lends of slots no longer in the pool (see _lends)
@@ -189,6 +191,17 @@ class PoolState:
         self._auto_reset = cfg.reset == "auto" and not cfg.shares_server_sessions
         self._statement_pooler = cfg.pooler == "pgbouncer-statement"
         self._waiters.adaptive = cfg.overload == "adaptive"
+        self._update_admission()
+
+    def _update_admission(self) -> None:
+        """Work out the admission limit of waiters with the pool's own timeout (after a
+        new hold-time measure, or a change of settings).
+        """
+        self._admit_queue = (
+            admission_limit(self._max_size, self._mean_hold, self._acquire_timeout)
+            if self._waiters.adaptive
+            else INF
+        )
 
     def _update_extras(self) -> None:
         # One test on the hot path instead of three.

@@ -87,6 +87,7 @@ class PoolUpkeep(PoolWorkers):
             self._mean_hold = (total - last_total) / (count - last_count)
             self._hold_mark = (count, total)
             self._waiters.min_useful = self._mean_hold
+            self._update_admission()
 
     def _housekeep(self) -> None:
         """One maintenance pass (sync): lifetimes, idle limits, keepalive, leaks, refill."""

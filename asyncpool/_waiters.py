@@ -16,7 +16,8 @@ still ahead, and the heap by its own order.
 
 Discipline. First come, first served, while the queue moves. With ``adaptive`` on,
 when the oldest waiter still waiting has used half of its time
-(:func:`_policy.standing_after`), the queue stands: the pool is past its capacity. Then
+(:func:`_policy.standing_after`), the queue stands: the pool is past its capacity (one
+timer watches the oldest waiter for that moment, so a moving queue pays nothing). Then
 :meth:`WaiterQueue.give` serves the newest waiter instead (adaptive LIFO), whose
 deadline is furthest away, and drops from the front the waiters whose time left is
 below ``min_useful`` (the pool's usual hold time: they could not finish a query),
@@ -59,6 +60,7 @@ class WaiterQueue(Generic[_T]):
         "_timed_out",
         "_timer",
         "_timer_at",
+        "_watch",
         "adaptive",
         "live",
         "min_useful",
@@ -82,13 +84,14 @@ class WaiterQueue(Generic[_T]):
         self._on_standing = on_standing
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Callable[[], float] = monotonic
-        # (future, deadline if in arrival order else inf, start, standing_after, deadline)
-        self._fifo: deque[tuple[asyncio.Future[_T], float, float, float, float]] = deque()
+        # (future, deadline if in arrival order else inf, start, deadline), oldest first.
+        self._fifo: deque[tuple[asyncio.Future[_T], float, float, float]] = deque()
         # Deadlines of waiters with their own timeout: (deadline, seq, future, start).
         self._heap: list[tuple[float, int, asyncio.Future[_T], float]] = []
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
+        self._watch: asyncio.TimerHandle | None = None  # for the oldest's standing_after()
         #: Waiters still waiting (futures not done).
         self.live = 0
         #: Serve the newest waiter while the queue stands (see the module notes).
@@ -122,16 +125,17 @@ class WaiterQueue(Generic[_T]):
         # asyncio.Future itself (not loop.create_future(), a Python call on asyncio's
         # loops): every loop asyncpool supports makes plain asyncio futures.
         fut: asyncio.Future[_T] = _Future(loop=self._loop)
-        standing = standing_after(started, deadline)
         if in_order:
-            self._fifo.append((fut, deadline, started, standing, deadline))
+            self._fifo.append((fut, deadline, started, deadline))
             if deadline < self._timer_at:
                 self._arm(deadline)
         else:
-            self._fifo.append((fut, _INF, started, standing, deadline))
+            self._fifo.append((fut, _INF, started, deadline))
             if deadline != _INF:
                 self._push_heap(fut, deadline, started)
         self.live += 1
+        if self.adaptive and self._watch is None and not self.standing:
+            self._arm_watch()
         return fut
 
     def give(self, item: _T) -> bool:
@@ -139,20 +143,8 @@ class WaiterQueue(Generic[_T]):
         the newest while the queue stands (``adaptive``; see the module notes).
         """
         fifo = self._fifo
-        while fifo and fifo[0][0].done():
-            fifo.popleft()
-        if not fifo:
-            if self.standing:
-                self._set_standing(False)
-            return False
-        if self.adaptive:
-            now = self._clock()
-            if now > fifo[0][3]:  # the oldest is past standing_after(): the queue stands
-                if not self.standing:
-                    self._set_standing(True)
-                return self._give_newest(item, now)
-            if self.standing:
-                self._set_standing(False)
+        if self.standing and self._still_standing():  # (set by the watch timer: _look)
+            return self._give_newest(item, self._clock())
         while fifo:
             fut = fifo.popleft()[0]
             if not fut.done():
@@ -161,11 +153,24 @@ class WaiterQueue(Generic[_T]):
                 return True
         return False
 
+    def _still_standing(self) -> bool:
+        """Whether a queue marked standing still stands; if not, watch it again."""
+        fifo = self._fifo
+        while fifo and fifo[0][0].done():
+            fifo.popleft()
+        if fifo:
+            _, _, started, deadline = fifo[0]
+            if self._clock() > standing_after(started, deadline):
+                return True
+        self._set_standing(False)  # the queue moves again, or is gone
+        self._arm_watch()
+        return False
+
     def _give_newest(self, item: _T, now: float) -> bool:
         fifo = self._fifo
         useful = self.min_useful  # (0 until the pool knows its usual lease: no shedding)
-        while fifo and (fifo[0][0].done() or (useful and fifo[0][4] - now < useful)):
-            fut, _, started, _, _ = fifo.popleft()
+        while fifo and (fifo[0][0].done() or (useful and fifo[0][3] - now < useful)):
+            fut, _, started, _ = fifo.popleft()
             if not fut.done():  # too little time left to finish a query: tell it now
                 self.live -= 1
                 self.shed_total += 1
@@ -176,8 +181,41 @@ class WaiterQueue(Generic[_T]):
                 self.live -= 1
                 self.served_newest += 1
                 fut.set_result(item)
+                if not self.live:  # drained: the overload is over
+                    self._set_standing(False)
                 return True
         return False
+
+    def _arm_watch(self) -> None:
+        """Arm the watch for the moment the oldest live waiter will show a standing queue."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        fifo = self._fifo
+        while fifo and fifo[0][0].done():
+            fifo.popleft()
+        if fifo:
+            _, _, started, deadline = fifo[0]
+            at = standing_after(started, deadline)
+            if at != _INF:
+                loop = self._loop
+                assert loop is not None
+                self._watch = loop.call_at(at, self._look)
+
+    def _look(self) -> None:
+        """The watch: is the oldest live waiter past its standing_after() moment."""
+        self._watch = None
+        fifo = self._fifo
+        while fifo and fifo[0][0].done():
+            fifo.popleft()
+        if not fifo:
+            return
+        _, _, started, deadline = fifo[0]
+        if self._clock() > standing_after(started, deadline):
+            if not self.standing:
+                self._set_standing(True)
+        else:  # a younger waiter is the oldest now: watch it
+            self._arm_watch()
 
     def _set_standing(self, standing: bool) -> None:
         self.standing = standing
@@ -210,9 +248,10 @@ class WaiterQueue(Generic[_T]):
 
     def close(self) -> None:
         """Stop the timer and forget the deadlines (the pool is closing)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._watch):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._watch = None
         self._timer_at = _INF
         self._heap.clear()
 
@@ -248,7 +287,7 @@ class WaiterQueue(Generic[_T]):
         now = loop.time()
         expired: list[tuple[asyncio.Future[_T], float]] = []
         earliest = _INF
-        for fut, deadline, started, _, _ in self._fifo:  # in-order deadlines: stop at the first
+        for fut, deadline, started, _ in self._fifo:  # in-order deadlines: stop at the first
             if deadline <= now:  # one still ahead (own-timeout entries hold inf here)
                 expired.append((fut, started))
             elif deadline != _INF:

@@ -67,6 +67,8 @@ async def test_a_standing_queue_serves_the_newest_first_then_moves_again(
     middle = await queue(pool, timeout=1.0)
     clock[0] = 0.6
     newest = await queue(pool, timeout=1.0)
+    pool._waiters._look()  # the watch timer, at its moment: the oldest is past half its time
+    assert pool._waiters.standing
     # The oldest has used 60 % of its time: the queue stands, the newest goes first.
     await pool.release(held)
     conn = await asyncio.wait_for(newest, 1)
@@ -80,7 +82,8 @@ async def test_a_standing_queue_serves_the_newest_first_then_moves_again(
     await pool.release(conn)
     conn = await asyncio.wait_for(oldest, 1)
     await pool.release(conn)
-    # Overload over: a new short queue is first come, first served again.
+    assert not pool._waiters.standing  # the queue drained: overload over
+    # A new short queue is first come, first served again.
     clock[0] = 2.0
     held = await pool.acquire()
     first = await queue(pool, timeout=10)
@@ -104,6 +107,7 @@ async def test_a_standing_queue_tells_waiters_without_time_for_a_lease_at_once(
     clock[0] = 0.5
     hopeful = await queue(pool, timeout=1.0)
     clock[0] = 0.9  # the first two have 0.1 s left: less than a usual lease
+    pool._waiters._look()  # the watch timer
     await pool.release(held)
     for waiter in doomed:
         with pytest.raises(asyncpool.PoolOverloaded, match="overload='fifo'"):
