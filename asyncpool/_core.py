@@ -41,6 +41,7 @@ job to the one below, importing only what lies below it::
 from __future__ import annotations
 
 import asyncio
+import traceback
 from _thread import get_ident
 from bisect import bisect_left
 from collections.abc import Awaitable, Generator
@@ -91,6 +92,14 @@ class PoolCore(PoolState):
     __slots__ = ()
 
     # ------------------------------------------------------------ waiting (sync)
+
+    def _on_lent(self, slot: _Slot, waited: float, frames: int) -> None:
+        """Event hooks and leak tracking of a lend; ``frames``: pool frames on the stack."""
+        if self._hooks:
+            self._emit(EventKind.ACQUIRE, waited)
+        if self._leak_timeout is not None:
+            slot.leak_reported = False
+            slot.stack = "".join(traceback.format_stack(limit=10 + frames)[:-frames])
 
     def _take_idle(self, now: float) -> _Slot | None:
         """Pop an idle connection for a borrower; retire expired or broken ones on the way.

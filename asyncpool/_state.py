@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
@@ -223,20 +222,6 @@ class PoolState:
     ) -> None:
         emit(self._hooks, PoolEvent(kind, self._config.name, seconds, reason, error))
 
-    def _after_fork(self) -> None:
-        """In a forked child (called by the guard): let go of the parent's connections
-        without any I/O (see ``_pg.disown``).
-        """
-        _pg.disown([slot.conn for slot in self._slots if slot.conn is not None])
-
-    def _on_lent(self, slot: _Slot, waited: float, frames: int) -> None:
-        """Event hooks and leak tracking of a lend; ``frames``: pool frames on the stack."""
-        if self._hooks:
-            self._emit(EventKind.ACQUIRE, waited)
-        if self._leak_timeout is not None:
-            slot.leak_reported = False
-            slot.stack = "".join(traceback.format_stack(limit=10 + frames)[:-frames])
-
     def _lends(self) -> int:
         """Connections lent since the pool was created (each slot counts its own)."""
         return self._lends_gone + sum(slot.uses for slot in self._slots)
@@ -380,6 +365,9 @@ class PoolState:
     def _grow(self) -> None:
         raise NotImplementedError
 
+    def _after_fork(self) -> None:
+        raise NotImplementedError
+
     async def _close_slot(self, slot: _Slot) -> None:
         raise NotImplementedError
 
@@ -410,6 +398,7 @@ class PoolState:
     def _shed(self, started: float, now: float) -> PoolOverloaded:
         """A waiter dropped from a standing queue (the waiter queue's callback)."""
         self._counters.overload_shed_total += 1
+        self._warn_overloaded()
         waited = now - started
         if self._hooks:
             self._emit(EventKind.TIMEOUT, waited, reason="overload: shed")
@@ -424,6 +413,7 @@ class PoolState:
     def _refuse_overloaded(self, position: int, remaining: float) -> PoolOverloaded:
         """A borrower refused at once by admission control (see _policy.admit)."""
         self._counters.overload_refused_total += 1
+        self._warn_overloaded()
         if self._hooks:
             self._emit(EventKind.TIMEOUT, 0.0, reason="overload: refused")
         return PoolOverloaded(
@@ -435,20 +425,22 @@ class PoolState:
         )
 
     def _on_standing(self, standing: bool) -> None:
-        """The waiter queue started or stopped standing: say so, at most every 10 s."""
+        """The waiter queue started or stopped standing (its callback)."""
+        logger.debug("asyncpool pool %r: waiter queue standing: %s", self.name, standing)
+
+    def _warn_overloaded(self) -> None:
+        """One WARNING, at most every 10 s, while overload control turns borrowers away."""
         now = _now()
-        if standing and now - self._overload_logged_at >= 10.0:
+        if now - self._overload_logged_at >= 10.0:
             self._overload_logged_at = now
             logger.warning(
-                "asyncpool pool %r: overloaded: borrowers wait more than half of their time; "
-                "serving the newest first and telling those who cannot be served in time at "
-                "once (%d refused, %d dropped so far; overload='fifo' turns this off)",
+                "asyncpool pool %r: overloaded: borrowers who cannot be served before their "
+                "deadline are told at once, the newest served first (%d refused, %d dropped "
+                "so far; overload='fifo' turns this off)",
                 self.name,
                 self._counters.overload_refused_total,
                 self._counters.overload_shed_total,
             )
-        elif not standing:
-            logger.debug("asyncpool pool %r: the waiter queue moves again", self.name)
 
     def _diagnose_timeout(self, waited: float) -> str:
         n = self._table.state_counts()

@@ -51,6 +51,12 @@ class PoolWorkers(PoolCore):
 
     __slots__ = ()
 
+    def _after_fork(self) -> None:
+        """In a forked child (called by the guard): let go of the parent's connections
+        without any I/O (see ``_pg.disown``).
+        """
+        _pg.disown([slot.conn for slot in self._slots if slot.conn is not None])
+
     # ------------------------------------------------------------ one operation
 
     async def _probe(self, operation: Awaitable[_T], limit: float) -> _T:
