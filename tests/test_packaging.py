@@ -75,6 +75,11 @@ def test_wheel_metadata(dist: Path) -> None:
     # docs, dev) is in PEP 735 dependency groups, outside the package's metadata.
     assert extras == {"fastapi", "starlette", "otel", "prometheus", "sqlalchemy"}
     assert any(r.startswith("fastapi>=0.121") and "extra == 'fastapi'" in r for r in requires)
+    # The description the index shows: the README, without links the index cannot follow.
+    description = meta.get_payload()
+    assert "asyncpool" in description and "pip install asyncpool-pg" in description
+    assert "](benchmarks/" not in description and "](docs/" not in description
+    assert "`benchmarks/results/latest.png` in the source distribution" in description
 
 
 def test_sdist_leaves_out_benchmark_results(dist: Path) -> None:
