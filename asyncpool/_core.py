@@ -58,7 +58,7 @@ from ._errors import (
 from ._events import EventKind
 from ._guard import check_loop
 from ._policy import admission_limit, return_verdict
-from ._slots import SlotState, _Slot
+from ._slots import CHECKING, IDLE, IN_USE, RETURNING, SlotState, _Slot
 from ._state import CLOSED, OPEN, PoolState
 from ._stats import HISTOGRAM_BOUNDS
 
@@ -67,10 +67,6 @@ if TYPE_CHECKING:
 
 __all__ = ("PoolCore", "_AcquireContext")
 
-IDLE = SlotState.IDLE
-IN_USE = SlotState.IN_USE
-RETURNING = SlotState.RETURNING
-CHECKING = SlotState.CHECKING
 
 _new_object = object.__new__
 # The hot path files durations of up to a millisecond with literal comparisons (a

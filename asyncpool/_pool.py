@@ -19,7 +19,7 @@ from ._config import PoolConfig, check_acquire_timeout, check_seconds, unknown_k
 from ._core import _AcquireContext
 from ._errors import PoolClosed, PoolUsageError
 from ._events import EventHook
-from ._slots import SlotState
+from ._slots import CHECKING, CLOSING, CONNECTING, IDLE, IN_USE, RETURNING
 from ._state import CLOSED, CLOSING_POOL, NEW, OPEN, OPENING
 from ._stats import PoolStats, _Counters
 from ._upkeep import PoolUpkeep, maintain
@@ -34,12 +34,6 @@ __all__ = ("Pool", "create_pool")
 
 logger = logging.getLogger("asyncpool.pool")
 
-IDLE = SlotState.IDLE
-IN_USE = SlotState.IN_USE
-CONNECTING = SlotState.CONNECTING
-RETURNING = SlotState.RETURNING
-CHECKING = SlotState.CHECKING
-CLOSING = SlotState.CLOSING
 
 _new_object = object.__new__
 

@@ -31,7 +31,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("N_STATES", "SlotState", "SlotTable", "_Slot")
+__all__ = (
+    "CHECKING",
+    "CLOSING",
+    "CONNECTING",
+    "IDLE",
+    "IN_USE",
+    "N_STATES",
+    "RETURNING",
+    "SlotState",
+    "SlotTable",
+    "_Slot",
+)
 
 
 class SlotState(enum.IntEnum):
@@ -114,10 +125,14 @@ class _Slot:
         return f"<slot {self.state.name} uses={self.uses}>"
 
 
-_IDLE = SlotState.IDLE
-_IN_USE = SlotState.IN_USE
-_CLOSING = SlotState.CLOSING
-_CONNECTING = SlotState.CONNECTING
+# The states as plain names, for the pool's modules (one global lookup, no enum access).
+CONNECTING = SlotState.CONNECTING
+IDLE = SlotState.IDLE
+IN_USE = SlotState.IN_USE
+RETURNING = SlotState.RETURNING
+CHECKING = SlotState.CHECKING
+CLOSING = SlotState.CLOSING
+_IDLE, _IN_USE, _CLOSING, _CONNECTING = IDLE, IN_USE, CLOSING, CONNECTING
 
 
 class SlotTable:

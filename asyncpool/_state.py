@@ -33,7 +33,16 @@ from ._errors import (
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
 from ._policy import admission_limit, diagnose_timeout
-from ._slots import SlotState, SlotTable, _Slot
+from ._slots import (
+    CHECKING,
+    CLOSING,
+    CONNECTING,
+    IDLE,
+    IN_USE,
+    RETURNING,
+    SlotTable,
+    _Slot,
+)
 from ._stats import _Counters
 from ._waiters import WaiterQueue
 
@@ -44,12 +53,6 @@ __all__ = ("CLOSED", "CLOSING_POOL", "NEW", "OPEN", "OPENING", "PoolState")
 
 logger = logging.getLogger("asyncpool.pool")
 
-CONNECTING = SlotState.CONNECTING
-IDLE = SlotState.IDLE
-IN_USE = SlotState.IN_USE
-RETURNING = SlotState.RETURNING
-CHECKING = SlotState.CHECKING
-CLOSING = SlotState.CLOSING
 
 # The pool's own lifecycle (not a slot's).
 NEW, OPENING, OPEN, CLOSING_POOL, CLOSED = "new", "opening", "open", "closing", "closed"

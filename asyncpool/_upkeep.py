@@ -17,16 +17,13 @@ from time import monotonic as _now
 
 from ._events import EventKind
 from ._policy import MIN_HOLD_SAMPLES
-from ._slots import SlotState
+from ._slots import CHECKING, IN_USE
 from ._state import INF, OPEN
 from ._workers import PoolWorkers
 
 __all__ = ("PoolUpkeep", "maintain")
 
 logger = logging.getLogger("asyncpool.pool")
-
-IN_USE = SlotState.IN_USE
-CHECKING = SlotState.CHECKING
 
 
 class PoolUpkeep(PoolWorkers):

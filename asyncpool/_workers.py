@@ -26,7 +26,7 @@ from ._errors import ConnectionBudgetExceeded, PoolTimeout
 from ._events import EventKind
 from ._policy import connects_to_start, next_backoff, stall_limit
 from ._quiet import own, quiet
-from ._slots import SlotState, _Slot
+from ._slots import CHECKING, CONNECTING, IN_USE, RETURNING, _Slot
 from ._state import OPEN, OPENING
 from ._wrappers import wrapper_classes
 
@@ -35,11 +35,6 @@ __all__ = ("PoolWorkers",)
 logger = logging.getLogger("asyncpool.pool")
 
 _T = TypeVar("_T")
-IDLE = SlotState.IDLE
-IN_USE = SlotState.IN_USE
-CONNECTING = SlotState.CONNECTING
-RETURNING = SlotState.RETURNING
-CHECKING = SlotState.CHECKING
 
 # Retries after a configuration error (wrong password, unknown database ...) back off to
 # this many seconds at most (an outage's cap is reconnect_max_delay).
