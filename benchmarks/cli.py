@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .machinery import MACHINERY_SYSTEMS, run_machinery
+from .provenance import _asyncpool_revision, _loadavg, _versions
 from .runner import LOOPS, CellResult, CellSpec, memory_cell, run_cell, run_on_loop, settle
 from .systems import SYSTEMS, available_systems
 from .targets import CellKey, evaluate_targets, target_cells
@@ -186,66 +187,6 @@ async def _prepare(dsn: str) -> str:
         return str(await conn.fetchval("SHOW server_version"))
     finally:
         await conn.close()
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in (
-        "asyncpool",
-        "asyncpg",
-        "psycopg",
-        "psycopg-binary",
-        "psycopg-pool",
-        "SQLAlchemy",
-        "uvloop",
-    ):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _asyncpool_revision() -> str:
-    """The repository commit the measured asyncpool comes from, and whether its
-    sources had uncommitted changes (an editable install measures the work tree).
-    """
-    import subprocess
-
-    if os.environ.get("ASYNCPOOL_BENCH_REVISION"):
-        return os.environ["ASYNCPOOL_BENCH_REVISION"]
-    import asyncpool
-
-    root = Path(asyncpool.__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "asyncpool"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + (
-        " + uncommitted changes in asyncpool/" if dirty.stdout.strip() else ""
-    )
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 def _median(values: list[float | None]) -> float | None:

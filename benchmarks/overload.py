@@ -960,7 +960,7 @@ def _default_loop() -> str:
 
 def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure what ``args`` asks for; write the result files; return the JSON document."""
-    from .cli import _asyncpool_revision, _loadavg, _versions
+    from .provenance import _asyncpool_revision, _loadavg, _versions
     from .report import write_json
 
     started = time.time()
