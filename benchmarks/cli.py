@@ -9,7 +9,6 @@ binaries with ``max_connections=300`` (the per-request baseline opens up to 100 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -21,13 +20,13 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .machinery import MACHINERY_SYSTEMS, run_machinery
 from .provenance import _asyncpool_revision, _loadavg, _versions
 from .runner import LOOPS, CellResult, CellSpec, memory_cell, run_cell, run_on_loop, settle
+from .server import throwaway_server
 from .systems import SYSTEMS, available_systems
 from .targets import CellKey, evaluate_targets, target_cells
 from .workloads import SETUP_SQL, WORKLOADS
@@ -40,7 +39,6 @@ QUICK_CONCURRENCY = (1, 100)
 QUICK_WORKLOADS = ("acquire", "select1")
 #: Borrower counts of the memory pass (those of them the run measures; else all).
 MEMORY_CONCURRENCY = (1, 100, 10000)
-SERVER_SETTINGS = {"max_connections": "300"}
 MEMORY_METHOD = (
     "Peak memory is tracemalloc's peak of Python allocations from pool creation to "
     "close, in a separate short pass with tracing on (SELECT 1, asyncio loop); it "
@@ -165,17 +163,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=1, help="random seed (transaction ids)")
     return p.parse_args(argv)
-
-
-@contextlib.contextmanager
-def _server(dsn: str | None) -> Iterator[tuple[str, str]]:
-    if dsn:
-        yield dsn, "given DSN"
-        return
-    from asyncpool.testing import PostgresServer
-
-    with PostgresServer(settings=SERVER_SETTINGS) as server:
-        yield server.dsn, f"throwaway local server, settings {dict(server.settings)}"
 
 
 async def _prepare(dsn: str) -> str:
@@ -396,7 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with _server(args.dsn) as (dsn, server_note):
+    with throwaway_server(args.dsn) as (dsn, server_note):
         server_version = run_on_loop("asyncio", _prepare(dsn))
         if args.profile_only:
             from .hotpath import profile_hotpath

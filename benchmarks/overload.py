@@ -81,11 +81,14 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from .provenance import _asyncpool_revision, _loadavg, _versions
 from .runner import LOOPS, percentile, run_on_loop, settle
+from .server import server_version as pg_version
+from .server import throwaway_server
 from .systems import (
     AsyncpgSystem,
     AsyncpoolSystem,
@@ -119,7 +122,6 @@ SHED_MARGIN = 0.002
 REFUSALS = frozenset({"TimeoutError", "PoolTimeout", "TooManyWaiters", "TooManyRequests"})
 #: Acquire timeout of the closed-loop capacity measurement (never reached there).
 CAPACITY_TIMEOUT = 10.0
-SERVER_SETTINGS = {"max_connections": "300"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 _clock = time.perf_counter
@@ -911,27 +913,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@contextlib.contextmanager
-def _server(dsn: str | None) -> Iterator[tuple[str, str]]:
-    if dsn:
-        yield dsn, "given DSN"
-        return
-    from asyncpool.testing import PostgresServer
-
-    with PostgresServer(settings=SERVER_SETTINGS) as server:
-        yield server.dsn, "throwaway local server"
-
-
-async def _server_version(dsn: str) -> str:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version")).split()[0]
-    finally:
-        await conn.close()
-
-
 def _median_cell(runs: list[OverloadCell]) -> OverloadCell:
     """The run with the median goodput (the lower of the middle two), with every run's
     goodput_x in ``repeats``.
@@ -960,7 +941,6 @@ def _default_loop() -> str:
 
 def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure what ``args`` asks for; write the result files; return the JSON document."""
-    from .provenance import _asyncpool_revision, _loadavg, _versions
     from .report import write_json
 
     started = time.time()
@@ -984,8 +964,8 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
     rng = random.Random(settings.seed)
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _server(args.dsn) as (dsn, server_note):
-        server_version = run_on_loop("asyncio", _server_version(dsn))
+    with throwaway_server(args.dsn) as (dsn, server_note):
+        server_version = run_on_loop("asyncio", pg_version(dsn))
         per_system: list[CapacityResult] = []
         if settings.capacity is None:
             measured: dict[str, list[CapacityResult]] = {}
