@@ -153,9 +153,6 @@ class SlotTable:
         self.active = 0
         self.idle: deque[_Slot] = deque()
 
-    def __len__(self) -> int:
-        return len(self.slots)
-
     def new(self, generation: int) -> _Slot:
         """A slot for a connection about to be opened (CONNECTING)."""
         slot = _Slot(generation)

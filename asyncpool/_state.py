@@ -27,9 +27,11 @@ from ._config import PoolConfig, server_label
 from ._errors import (
     ConnectionConfigError,
     DatabaseUnavailable,
+    PoolClosed,
     PoolError,
     PoolOverloaded,
     PoolTimeout,
+    PoolUsageError,
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
 from ._policy import admission_limit, diagnose_timeout
@@ -378,8 +380,6 @@ class PoolState:
 
     def _refuse(self) -> PoolError:
         """The error for a borrower of a pool that is not open."""
-        from ._errors import PoolClosed, PoolUsageError
-
         if self._state in (NEW, OPENING):
             return PoolUsageError(
                 f"asyncpool pool {self.name!r} is not open; call `await pool.open()` first"

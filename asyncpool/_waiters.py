@@ -110,9 +110,6 @@ class WaiterQueue(Generic[_T]):
         self._loop = loop
         self._clock = clock
 
-    def __len__(self) -> int:
-        return self.live
-
     def futures(self) -> list[asyncio.Future[_T]]:
         """Every queued future, oldest first, done or not (for invariant checks)."""
         return [entry[0] for entry in self._fifo]

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from . import _pg
 from ._core import PoolCore
-from ._errors import ConnectionBudgetExceeded, PoolTimeout
+from ._errors import ConnectionBudgetExceeded
 from ._events import EventKind
 from ._policy import connects_to_start, next_backoff, stall_limit
 from ._quiet import own, quiet
@@ -105,10 +105,7 @@ class PoolWorkers(PoolCore):
         if budget <= 0:
             self._table.move(slot, IN_USE)
             self._hand_over(slot)
-            self._counters.timeouts_total += 1
-            if self._hooks:
-                self._emit(EventKind.TIMEOUT, now - started)
-            raise PoolTimeout(self._diagnose_timeout(now - started))
+            raise self._timed_out(started, now)  # (no time left for a ping)
         self._counters.pings_total += 1
         if not await self._settle(slot, _pg.ping(slot.conn), budget, "the health check"):
             self._counters.pings_failed_total += 1
