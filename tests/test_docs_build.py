@@ -1,6 +1,6 @@
 """The documentation site builds with warnings as errors and documents every public name.
 
-Needs the ``docs`` extra (Sphinx, MyST, Furo); skipped without it. ``nox -s docs`` runs
+Needs the ``docs`` dependency group (Sphinx, MyST, Furo); skipped without it. ``nox -s docs`` runs
 the same build.
 """
 
@@ -32,7 +32,7 @@ PUBLIC_MODULES = (
 @pytest.fixture(scope="module")
 def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for module in ("sphinx", "myst_parser", "furo"):
-        pytest.importorskip(module, reason="the docs extra is not installed")
+        pytest.importorskip(module, reason="the docs dependency group is not installed")
     out = tmp_path_factory.mktemp("html")
     done = subprocess.run(
         [
