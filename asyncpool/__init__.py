@@ -9,6 +9,7 @@ Quick start::
             print(await conn.fetchval("SELECT 1"))
 """
 
+from ._autosize import AutosizeStats
 from ._budget import BudgetReport
 from ._config import PoolConfig
 from ._connection import PooledConnection
@@ -31,6 +32,7 @@ from ._stats import HISTOGRAM_BOUNDS, PoolStats, TimeSummary
 
 __all__ = (
     "HISTOGRAM_BOUNDS",
+    "AutosizeStats",
     "BudgetReport",
     "ConnectionBudgetExceeded",
     "ConnectionConfigError",

@@ -74,7 +74,7 @@ changes make it fit a connection pool:
 The decision is bounded by ``min_limit`` (the pool's ``min_size``), ``max_limit``
 (``max_size``) and an optional live ``budget`` (see :func:`fair_share`), which wins
 over ``min_limit`` because the server's ``max_connections`` is a hard wall. The limit
-is never below 1.
+is never below 1. (The budget itself is worked out in ``_sizer``.)
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ import dataclasses
 import math
 from typing import Final, Literal
 
-__all__ = ("AdaptiveLimit", "AutosizeStats", "LimitDecision", "LimitReason", "fair_share")
+__all__ = ("AdaptiveLimit", "AutosizeStats", "LimitDecision", "LimitReason")
 
 LimitReason = Literal[
     "grow: latency flat",
@@ -158,6 +158,10 @@ class AutosizeStats:
     probes: int
     samples_total: int
     samples_stale: int
+    budget: int | None = None
+    """The server's live budget for this pool (None: not known, or not used)."""
+
+    __module__ = "asyncpool"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +239,7 @@ class AdaptiveLimit:
         # The current window (leases completed since the last judged update).
         self._n = 0
         self._rtt_sum = 0.0
-        self._inflight_sum = 0
+        self._inflight_sum = 0.0
         self._inflight_peak = 0
         # Samples that started before this time measured an older limit.
         self._changed_at = -math.inf
@@ -285,6 +289,21 @@ class AdaptiveLimit:
         if inflight > self._inflight_peak:
             self._inflight_peak = inflight
 
+    def on_window(self, leases: int, held: float, inflight: float, peak: int) -> None:
+        """Record many completed leases at once, as measured by their owner: ``leases``
+        of them, ``held`` seconds in all, ``inflight`` leases in progress on average and
+        at most ``peak`` (the same as ``leases`` calls of :meth:`on_sample`, without the
+        staleness test: a window's owner starts it at the last change).
+        """
+        if leases <= 0 or held < 0:
+            return
+        self._samples_total += leases
+        self._n += leases
+        self._rtt_sum += held
+        self._inflight_sum += inflight * leases
+        if peak > self._inflight_peak:
+            self._inflight_peak = peak
+
     def update(self, now: float, budget: int | None = None) -> LimitDecision:
         """Judge the samples since the last update and return the new limit.
 
@@ -303,8 +322,18 @@ class AdaptiveLimit:
         self._reason = reason
         return LimitDecision(limit=limit, reason=reason, previous=previous)
 
-    def stats(self) -> AutosizeStats:
-        """A frozen snapshot of the algorithm's state."""
+    def set_bounds(self, min_limit: int, max_limit: int) -> None:
+        """Change the floor and the cap (``Pool.resize``); the limit moves into them."""
+        if max_limit < 1 or not 0 <= min_limit <= max_limit:
+            raise ValueError(
+                f"bounds must satisfy 0 <= min <= max >= 1, got {min_limit}, {max_limit}"
+            )
+        self._min = max(min_limit, 1)
+        self._max = max_limit
+        self._limit = min(max(self._limit, self._min), self._max)
+
+    def stats(self, budget: int | None = None) -> AutosizeStats:
+        """A frozen snapshot of the algorithm's state (with the pool's ``budget``)."""
         return AutosizeStats(
             limit=self._limit,
             reason=self._reason,
@@ -317,6 +346,7 @@ class AdaptiveLimit:
             probes=self._probes,
             samples_total=self._samples_total,
             samples_stale=self._samples_stale,
+            budget=budget,
         )
 
     # ------------------------------------------------------------------ decisions
@@ -331,7 +361,7 @@ class AdaptiveLimit:
         peak = self._inflight_peak
         self._n = 0
         self._rtt_sum = 0.0
-        self._inflight_sum = 0
+        self._inflight_sum = 0.0
         self._inflight_peak = 0
         self._window_rtt = rtt
         self._window_inflight = used
@@ -460,38 +490,3 @@ class AdaptiveLimit:
         if budget is not None and limit > max(budget, 1):
             limit, reason = max(budget, 1), "cap: budget"
         return limit, reason
-
-
-def fair_share(
-    max_connections: int,
-    superuser_reserved: int,
-    reserve: int,
-    instances: int,
-    others_in_use: int,
-) -> int:
-    """The most connections one of ``instances`` pools may hold now (pure).
-
-    ``capacity = max_connections - superuser_reserved - reserve`` is what the whole
-    fleet (and every other client of the server) may hold. Each instance gets at most
-    ``capacity // instances`` (so ``instances`` pools at their share never exceed it,
-    and pools that all want more converge to equal shares), and never more than what
-    the others leave free: ``capacity - others_in_use``, where ``others_in_use``
-    counts every client connection of the server that is not this pool's (other
-    instances, other applications, monitoring). The result is never negative.
-
-    Args:
-        max_connections: the server's ``max_connections``.
-        superuser_reserved: ``superuser_reserved_connections`` (plus
-            ``reserved_connections`` on PostgreSQL 16+).
-        reserve: headroom kept free for admin sessions, migrations and deploys.
-        instances: how many pools share the server (at least 1).
-        others_in_use: client connections held by everyone but this pool.
-    """
-    if instances < 1:
-        raise ValueError(f"instances must be at least 1, got {instances}")
-    if reserve < 0 or superuser_reserved < 0 or others_in_use < 0:
-        raise ValueError("reserve, superuser_reserved and others_in_use must be >= 0")
-    capacity = max_connections - superuser_reserved - reserve
-    if capacity <= 0:
-        return 0
-    return max(0, min(capacity // instances, capacity - others_in_use))

@@ -133,6 +133,7 @@ class PoolConfig:
     budget_check: Literal["warn", "refuse", "off"] = "warn"
     init_size: int | None = None  # asyncpg's: connections open() opens (None: min_size)
     overload: Literal["adaptive", "fifo"] = "adaptive"
+    autosize: bool = False
 
     __module__ = "asyncpool"
 
@@ -284,6 +285,8 @@ class PoolConfig:
                     f"init_size must be between min_size ({self.min_size}) and max_size "
                     f"({self.max_size}), got {self.init_size!r}"
                 )
+        if not isinstance(self.autosize, bool):
+            raise TypeError(f"autosize must be True or False, got {self.autosize!r}")
         if self.overload not in ("adaptive", "fifo"):
             raise ValueError(f"overload must be 'adaptive' or 'fifo', got {self.overload!r}")
         if self.pooler is not None and self.pooler not in POOLERS:

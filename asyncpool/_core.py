@@ -301,11 +301,9 @@ class PoolCore(PoolState):
             and not self._limit_uses
         ):
             # A skipped reset: counted as use_time.count - returns_not_skipped.
-            if self._waiters.live and self._waiters.give(slot):
-                return
             if self._over_max:
-                self._hand_over(slot)  # retires it if the pool is still too large
-            else:
+                self._hand_over(slot)  # retires it while the pool is above its limit
+            elif not (self._waiters.live and self._waiters.give(slot)):
                 slot.state = IDLE  # IN_USE -> IDLE: no counter changes (see SlotTable)
                 self._idle.append(slot)
             return
@@ -377,6 +375,13 @@ class _AcquireContext:
     """
 
     __slots__ = ("_conn", "_guarded", "_pool", "_timeout")
+
+    def __init__(self, pool: PoolCore, timeout: float | None) -> None:
+        """A borrow by the pool itself (``Pool.acquire`` skips this call, for speed)."""
+        self._pool = pool
+        self._timeout = timeout
+        self._conn = None
+        self._guarded = False
 
     # Made by Pool.acquire(), never by calling the class.
     _pool: PoolCore

@@ -35,6 +35,9 @@ class EventKind(enum.Enum):
     """A borrower gave up at its deadline (``seconds``: time waited)."""
     LEAK = "leak"
     """A connection was held past ``leak_timeout`` or dropped without release."""
+    LIMIT = "limit"
+    """The adaptive limit moved (``autosize=True``; ``reason``: why, and from what to
+    what, e.g. ``"shrink: queueing (8 -> 5)"``)."""
 
     __module__ = "asyncpool"
 

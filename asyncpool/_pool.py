@@ -86,6 +86,7 @@ class Pool(PoolUpkeep, AsyncpgPoolMethods):
             name=cfg.name,
             min_size=cfg.min_size,
             max_size=cfg.max_size,
+            limit=self._max_size,
             size=len(self._slots),
             idle=n[IDLE],
             in_use=n[IN_USE],
@@ -115,6 +116,7 @@ class Pool(PoolUpkeep, AsyncpgPoolMethods):
             wait_time=c.wait_time.snapshot(acquired - c.wait_time.count),
             use_time=c.use_time.snapshot(),
             connect_time=c.connect_time.snapshot(),
+            autosize=None if self._sizer is None else self._sizer.stats(),
         )
 
     def pop_stats(self) -> PoolStats:
@@ -380,12 +382,10 @@ class Pool(PoolUpkeep, AsyncpgPoolMethods):
             min_size=self._config.min_size if min_size is None else min_size,
             max_size=self._config.max_size if max_size is None else max_size,
         )
+        if self._sizer is not None:
+            self._sizer.bound(self._config.min_size, self._config.max_size)
         self._apply_config()
-        excess = self._table.active - self._config.max_size
-        for slot in list(self._idle)[: max(excess, 0)]:
-            self._retire(slot, "resize")
-        if self._table.active > self._max_size:
-            self._over_max = True  # busy ones close as they come back (_hand_over)
+        self._trim("resize")
         self._grow()
         self._schedule_idle_expiry()
 
@@ -458,6 +458,9 @@ def create_pool(dsn: str | None = None, **kwargs: Unpack[PoolSettings]) -> Pool:
       ``"pgbouncer-statement"`` when a pooler sits in between.
     - ``instances`` [1], ``budget_check`` ["warn"]: the connection budget checked at open
       (``max_size * instances`` against the server's ``max_connections``).
+    - ``autosize`` [False]: follow the smallest pool size that gives full throughput
+      (between ``min_size`` and ``max_size``, within the server's live connection budget
+      shared by ``instances`` pools); see the sizing guide.
     - ``tcp_keepalive`` [True]: TCP keepalive on the connections' sockets.
     - Any other keyword goes to ``asyncpg.connect`` (``user``, ``password``, ``ssl``,
       ``statement_cache_size``, ``server_settings`` ...); an unknown one is refused at once.

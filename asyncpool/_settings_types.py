@@ -63,6 +63,7 @@ class PoolSettings(TypedDict, total=False):
     instances: int
     budget_check: BudgetCheck
     overload: Literal["adaptive", "fifo"]
+    autosize: bool
     # -- asyncpg.create_pool's names, accepted for migration
     max_inactive_connection_lifetime: float | None
     loop: asyncio.AbstractEventLoop | None

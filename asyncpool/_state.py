@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._events import EventHook, EventKind, PoolEvent, emit
 from ._policy import admission_limit, diagnose_timeout
+from ._sizer import Sizer
 from ._slots import (
     CHECKING,
     CLOSING,
@@ -118,6 +119,7 @@ class PoolState:
         "_requested_loop",
         "_retry_handle",
         "_setup",
+        "_sizer",
         "_slots",
         "_state",
         "_statement_pooler",
@@ -177,6 +179,9 @@ class PoolState:
         self._lost_in_burst = 0
         self._leak_timeout: float | None = None
         self._setup: Callable[[Any], Awaitable[None]] | None = None
+        self._sizer = (
+            Sizer(config.min_size, config.max_size, config.instances) if config.autosize else None
+        )
         self._apply_config()
 
     def _apply_config(self) -> None:
@@ -186,7 +191,7 @@ class PoolState:
         self._max_uses = cfg.max_uses
         self._max_queries = cfg.max_queries
         self._limit_uses = cfg.max_uses is not None or cfg.max_queries is not None
-        self._max_size = cfg.max_size
+        self._max_size = cfg.max_size if self._sizer is None else self._sizer.limit
         self._max_waiting = cfg.max_waiting
         self._acquire_timeout = cfg.acquire_timeout
         self._setup = cfg.setup
@@ -241,16 +246,16 @@ class PoolState:
         if _now() >= slot.expires_at or slot.generation != self._generation:
             self._retire(slot, "max_lifetime or expire()")
             return False
+        if self._over_max:  # (before the waiters: a pool above its limit shrinks even then)
+            if self._table.active > self._max_size:
+                self._retire(slot, "above the limit")  # resize() or autosize shrank it
+                return False
+            self._over_max = False
         if self._waiters.give(slot):
             return True
         if self._state != OPEN:
             self._retire(slot, "pool closing")
             return False
-        if self._over_max:
-            if self._table.active > self._max_size:
-                self._retire(slot, "resize")  # max_size shrank while it was lent or busy
-                return False
-            self._over_max = False
         slot.state = IDLE  # IN_USE -> IDLE: no counter changes (see SlotTable)
         self._idle.append(slot)
         return False
@@ -289,11 +294,8 @@ class PoolState:
         """Close a connection politely in the background; its slot counts until closed."""
         if self._hooks:
             self._emit(EventKind.DISCARD, reason=reason)
-        if slot.state is IDLE:
-            try:
-                self._idle.remove(slot)
-            except ValueError:
-                pass
+        if slot.state is IDLE and slot in self._idle:
+            self._idle.remove(slot)
         self._table.move(slot, CLOSING)
         self._spawn(self._close_slot(slot), "asyncpool-close", closer=True)
         self._grow()

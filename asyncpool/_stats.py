@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from bisect import bisect_left
 
+from ._autosize import AutosizeStats
+
 __all__ = ("HISTOGRAM_BOUNDS", "PoolStats", "TimeSummary")
 
 #: Upper bounds (seconds) of the histogram buckets kept for wait, use and connect times.
@@ -143,6 +145,9 @@ class PoolStats:
     name: str
     min_size: int
     max_size: int
+    limit: int
+    """The connections the pool may hold now: ``max_size``, or with ``autosize=True``
+    the adaptive limit (between ``min_size`` and ``max_size``)."""
     size: int
     idle: int
     in_use: int
@@ -175,6 +180,8 @@ class PoolStats:
     wait_time: TimeSummary
     use_time: TimeSummary
     connect_time: TimeSummary
+    autosize: AutosizeStats | None = None
+    """The adaptive limit's state and why it last moved (None without ``autosize``)."""
 
     __module__ = "asyncpool"
 

@@ -17,6 +17,7 @@ from time import monotonic as _now
 
 from ._events import EventKind
 from ._policy import MIN_HOLD_SAMPLES
+from ._sizer import BUDGET_INTERVAL
 from ._slots import CHECKING, IN_USE
 from ._state import INF, OPEN
 from ._workers import PoolWorkers
@@ -86,11 +87,48 @@ class PoolUpkeep(PoolWorkers):
             self._waiters.min_useful = self._mean_hold
             self._update_admission()
 
+    def _trim(self, reason: str) -> None:
+        """Bring the pool down to its limit (``max_size``, or the adaptive limit): excess
+        idle connections close now, the longest idle first; busy ones when they come back
+        (``_hand_over``).
+        """
+        excess = self._table.active - self._max_size
+        for slot in list(self._idle)[: max(excess, 0)]:
+            self._retire(slot, reason)
+        if self._table.active > self._max_size:
+            self._over_max = True
+
+    def _autosize_step(self) -> None:
+        """One update of the adaptive limit (``autosize=True``) from the pool's counters,
+        applied at once; the server's budget is read again every ``BUDGET_INTERVAL``
+        seconds (see ``_sizer``).
+        """
+        sizer = self._sizer
+        assert sizer is not None
+        counters = self._counters
+        now = self._clock()
+        decision = sizer.step(
+            now, counters.use_time.count, counters.use_time.sum, counters.wait_time.count
+        )
+        if decision.moved:
+            self._max_size = decision.limit
+            self._update_admission()
+            self._trim("autosize")
+            change = f"{decision.reason} ({decision.previous} -> {decision.limit})"
+            if self._hooks:
+                self._emit(EventKind.LIMIT, reason=change)
+            logger.debug("asyncpool pool %r: limit %s", self.name, change)
+        if self._config.pooler is None and now - sizer.facts_at >= BUDGET_INTERVAL:
+            sizer.facts_at = now  # (one reading at a time)
+            self._spawn(self._read_budget(), "asyncpool-budget")
+
     def _housekeep(self) -> None:
         """One maintenance pass (sync): lifetimes, idle limits, keepalive, leaks, refill."""
         if self._state != OPEN:
             return
         self._measure_hold()
+        if self._sizer is not None:
+            self._autosize_step()
         cfg = self._config
         loop = self._loop
         assert loop is not None

@@ -21,7 +21,7 @@ from time import monotonic as _now
 from typing import Any, TypeVar
 
 from . import _pg
-from ._core import PoolCore
+from ._core import PoolCore, _AcquireContext
 from ._errors import ConnectionBudgetExceeded
 from ._events import EventKind
 from ._policy import connects_to_start, next_backoff, stall_limit
@@ -151,6 +151,23 @@ class PoolWorkers(PoolCore):
         slot.last_used = _now()
         self._hand_over(slot)
 
+    async def _read_budget(self) -> None:
+        """Read the server's connection facts for the adaptive limit's budget
+        (``autosize=True``) on a pool connection, borrowed like any other: it waits its
+        turn (the pool is busiest when the budget matters most). Advisory: a borrow or a
+        query that fails leaves the budget as it was until the next reading.
+        """
+        from ._budget import read_server_facts
+
+        try:
+            async with _AcquireContext(self, self._config.acquire_timeout) as conn:
+                facts = await read_server_facts(conn)
+        except Exception:
+            logger.debug("asyncpool pool %r: budget reading failed", self.name, exc_info=True)
+            return
+        if self._sizer is not None:
+            self._sizer.take_facts(self._clock(), facts, self._table.open_count())
+
     async def _close_slot(self, slot: _Slot) -> None:
         try:
             await _pg.close_gracefully(slot.conn, min(self._config.ping_timeout, 2.0))
@@ -175,7 +192,7 @@ class PoolWorkers(PoolCore):
             returning=n[RETURNING] + n[CHECKING],
             waiting=self._waiters.live,
             min_size=cfg.min_size,
-            max_size=cfg.max_size,
+            max_size=self._max_size,
             concurrency=cfg.connect_concurrency,
             down=self._down,
         )
@@ -273,6 +290,8 @@ class PoolWorkers(PoolCore):
         self._last_connect_error = exc
         kind = _pg.OUTAGE if init_failed else _pg.classify_connect_error(exc)
         self._failure = kind
+        if kind is _pg.SERVER_FULL and self._sizer is not None:
+            self._sizer.server_full(self._table.open_count())  # (applied at the next update)
         if self._hooks:
             self._emit(EventKind.CONNECT_FAILED, error=exc)
         cap = cfg.reconnect_max_delay

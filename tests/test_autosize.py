@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from asyncpool._autosize import AdaptiveLimit, LimitDecision, fair_share
+from asyncpool._autosize import AdaptiveLimit, LimitDecision
+from asyncpool._sizer import fair_share
 
 Model = Callable[[int], float]
 """Hold time (seconds) of a lease when ``n`` leases run at once."""

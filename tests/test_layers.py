@@ -30,6 +30,7 @@ LAYERS: dict[str, float] = {
     "_waiters": 1,
     "_guard": 1,
     "_budget": 1,
+    "_sizer": 1.5,
     # the asyncpg boundary and the lent connection
     "_pg": 2,
     "_session_api": 2,

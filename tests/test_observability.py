@@ -370,6 +370,29 @@ async def test_prometheus_several_pools():
         )
 
 
+async def test_metrics_follow_the_adaptive_limit():
+    # autosize=True: the limit starts at min_size; db.client.connection.max and
+    # asyncpool_connections_limit report it, asyncpool_connections_max stays max_size.
+    pool = asyncpool.Pool("postgresql://unused", min_size=2, max_size=8, autosize=True, name="auto")
+    fixed = asyncpool.Pool("postgresql://unused", max_size=5, name="fixed")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    handle = instrument(pool, provider)
+    m = otel_metrics(reader)
+    assert value(m["db.client.connection.max"], "auto") == 2
+    assert value(m["db.client.connection.idle.max"], "auto") == 2
+    handle.uninstrument()
+    provider.shutdown()
+    registry = CollectorRegistry()
+    registry.register(PoolCollector([pool, fixed]))
+    s = scrape(registry)
+    assert sample(s, "asyncpool_connections_limit", pool="auto") == 2
+    assert sample(s, "asyncpool_connections_max", pool="auto") == 8
+    assert sample(s, "asyncpool_limit_reason", pool="auto", reason="hold") == 1
+    assert sample(s, "asyncpool_connections_limit", pool="fixed") == 5
+    assert not [k for k in s if k[0] == "asyncpool_limit_reason" and ("pool", "fixed") in k[1]]
+
+
 async def test_prometheus_pools_added_and_removed_after_registration():
     registry = CollectorRegistry()
     collector = PoolCollector()

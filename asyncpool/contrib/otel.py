@@ -14,7 +14,9 @@ client connection pools (``db.client.connection.*``), every measurement carrying
 
 * ``db.client.connection.count`` (observable UpDownCounter, ``{connection}``), with
   ``db.client.connection.state`` = ``idle`` or ``used``;
-* ``db.client.connection.max`` and ``db.client.connection.idle.max`` (``max_size``),
+* ``db.client.connection.max`` and ``db.client.connection.idle.max`` (``max_size``, or
+  with ``autosize=True`` the adaptive limit: :attr:`PoolStats.limit
+  <asyncpool.PoolStats.limit>`),
   ``db.client.connection.idle.min`` (``min_size``), observable UpDownCounters;
 * ``db.client.connection.pending_requests`` (observable UpDownCounter, ``{request}``):
   borrowers waiting;
@@ -166,11 +168,11 @@ class _Instruments:
         return observations
 
     def _observe_max(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(s.max_size, attrs) for attrs, s in self._live()]
+        return [Observation(s.limit, attrs) for attrs, s in self._live()]
 
     def _observe_idle_max(self, options: CallbackOptions) -> Iterable[Observation]:
         # Every connection may be idle: the idle cap is the pool's cap.
-        return [Observation(s.max_size, attrs) for attrs, s in self._live()]
+        return [Observation(s.limit, attrs) for attrs, s in self._live()]
 
     def _observe_idle_min(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(s.min_size, attrs) for attrs, s in self._live()]

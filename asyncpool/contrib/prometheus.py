@@ -19,6 +19,10 @@ cheap and never touches the database. Every sample has a ``pool`` label
   sum is the pool's size;
 * ``asyncpool_connections_max``, ``asyncpool_connections_min``, ``asyncpool_waiting``
   (gauges): ``max_size``, ``min_size`` and the borrowers waiting now;
+* ``asyncpool_connections_limit`` (gauge): the connections the pool may hold now
+  (``max_size``, or with ``autosize=True`` the adaptive limit), and
+  ``asyncpool_limit_reason{reason}`` (gauge, 1 for the current reason, autosize pools
+  only): why the adaptive limit last moved or held;
 * ``asyncpool_<counter>_total`` (counters), one per ``*_total`` field of
   :class:`~asyncpool.PoolStats` (``asyncpool_acquired_total``,
   ``asyncpool_timeouts_total``, ``asyncpool_connect_errors_total`` ...);
@@ -169,7 +173,7 @@ class PoolCollector:
     def _families(
         self,
     ) -> tuple[
-        GaugeMetricFamily,
+        list[GaugeMetricFamily],
         list[GaugeMetricFamily],
         list[CounterMetricFamily],
         list[HistogramMetricFamily],
@@ -181,11 +185,21 @@ class PoolCollector:
             "Connections of the pool, by slot state.",
             labels=["pool", "state"],
         )
+        reason = GaugeMetricFamily(
+            f"{ns}_limit_reason",
+            "Why the adaptive limit last moved or held (autosize=True): 1 for the reason.",
+            labels=["pool", "reason"],
+        )
         gauges = [
             GaugeMetricFamily(f"{ns}_connections_max", "The pool's max_size.", labels=labels),
             GaugeMetricFamily(f"{ns}_connections_min", "The pool's min_size.", labels=labels),
             GaugeMetricFamily(
                 f"{ns}_waiting", "Borrowers waiting for a connection now.", labels=labels
+            ),
+            GaugeMetricFamily(
+                f"{ns}_connections_limit",
+                "The connections the pool may hold now (max_size, or the adaptive limit).",
+                labels=labels,
             ),
         ]
         counters = [
@@ -200,32 +214,36 @@ class PoolCollector:
             HistogramMetricFamily(f"{ns}_{suffix}", doc, labels=labels, unit="seconds")
             for _, suffix, doc in _HISTOGRAMS
         ]
-        return connections, gauges, counters, histograms
+        return [connections, reason], gauges, counters, histograms
 
     def describe(self) -> Iterator[Metric]:
         """The metric families (without samples), for the registry's name checks."""
-        connections, gauges, counters, histograms = self._families()
-        yield connections
+        labelled, gauges, counters, histograms = self._families()
+        yield from labelled
         yield from gauges
         yield from counters
         yield from histograms
 
     def collect(self) -> Iterator[Metric]:
         """Read each live, open pool's :meth:`~asyncpool.Pool.stats` into metric families."""
-        connections, gauges, counters, histograms = self._families()
+        labelled, gauges, counters, histograms = self._families()
+        connections, reason = labelled
         for pool in self._reported():
             s = pool.stats()
             label = [s.name]
             for state in _STATES:
                 connections.add_metric([s.name, state], getattr(s, state))
-            for gauge, value in zip(gauges, (s.max_size, s.min_size, s.waiting), strict=True):
+            values = (s.max_size, s.min_size, s.waiting, s.limit)
+            for gauge, value in zip(gauges, values, strict=True):
                 gauge.add_metric(label, value)
+            if s.autosize is not None:
+                reason.add_metric([s.name, s.autosize.reason], 1)
             for counter, field in zip(counters, _COUNTERS, strict=True):
                 counter.add_metric(label, getattr(s, field))
             for histogram, (field, _, _) in zip(histograms, _HISTOGRAMS, strict=True):
                 summary: TimeSummary = getattr(s, field)
                 histogram.add_metric(label, _cumulative_buckets(summary), summary.sum)
-        yield connections
+        yield from labelled
         yield from gauges
         yield from counters
         yield from histograms
