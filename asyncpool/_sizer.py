@@ -17,8 +17,9 @@ Leases already under way when the limit changed count in the next window; with l
 much shorter than a window (milliseconds against a second) they are a small share.
 
 The budget. With :func:`fair_share`, each of ``instances`` pools takes at most its share
-of what the server gives ordinary roles, less a reserve of :data:`BUDGET_RESERVE`
-connections, and never more than the server's other clients leave free. The pool reads
+of what the server gives ordinary roles, less the headroom of :func:`default_headroom`
+(10 % of it, at least 3: the same rule as ``python -m asyncpool size``), and never more
+than the server's other clients leave free. The pool reads
 the server's facts (``_budget.read_server_facts``) at open and about every
 :data:`BUDGET_INTERVAL` seconds on an idle connection and gives them to
 :meth:`Sizer.take_facts`; a connect refused as "too many clients" caps the budget at
@@ -33,12 +34,17 @@ from typing import Final
 from ._autosize import AdaptiveLimit, AutosizeStats, LimitDecision
 from ._budget import ServerFacts
 
-__all__ = ("BUDGET_INTERVAL", "BUDGET_RESERVE", "Sizer", "fair_share")
+__all__ = ("BUDGET_INTERVAL", "Sizer", "default_headroom", "fair_share")
 
-#: Connections kept free on the server for administration, migrations and deploys.
-BUDGET_RESERVE: Final = 2
 #: Seconds between two readings of the server's connection facts.
 BUDGET_INTERVAL: Final = 5.0
+
+
+def default_headroom(capacity: int) -> int:
+    """Slots to leave free for admin, migrations and monitoring: 10 % of ``capacity``,
+    at least 3 (never more than ``capacity``).
+    """
+    return min(capacity, max(3, math.ceil(capacity * 0.1)))
 
 
 def fair_share(
@@ -125,8 +131,9 @@ class Sizer:
         this pool holds open (they are among the server's client connections).
         """
         others = max(facts.client_connections - own_open, 0)
+        headroom = default_headroom(facts.capacity)
         self.budget = fair_share(
-            facts.max_connections, facts.reserved, BUDGET_RESERVE, self._instances, others
+            facts.max_connections, facts.reserved, headroom, self._instances, others
         )
         self.facts_at = now
         return self.budget

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from typing import Any
 
 from ._budget import BudgetReport, ServerFacts, read_server_facts
 from ._budget import check_budget as _check_budget
+from ._sizer import default_headroom
 
 __all__ = (
     "BudgetReport",
@@ -103,13 +103,6 @@ def server_pool_size(cores: int, effective_spindles: int = 0) -> int:
     if effective_spindles < 0:
         raise ValueError(f"effective_spindles must be >= 0, got {effective_spindles}")
     return cores * 2 + effective_spindles
-
-
-def default_headroom(capacity: int) -> int:
-    """Slots to leave free for admin, migrations and monitoring: 10 % of ``capacity``,
-    at least 3 (never more than ``capacity``).
-    """
-    return min(capacity, max(3, math.ceil(capacity * 0.1)))
 
 
 def per_instance_limit(

@@ -20,7 +20,7 @@ import pytest
 import asyncpool
 from asyncpool import EventKind, PoolEvent
 from asyncpool._budget import ServerFacts
-from asyncpool._sizer import BUDGET_RESERVE, Sizer
+from asyncpool._sizer import Sizer
 from asyncpool.testing import PostgresServer, find_pg_bin
 
 
@@ -85,12 +85,13 @@ def test_sizer_restarted_counters_make_no_window() -> None:
 @pytest.mark.parametrize(
     ("max_connections", "reserved", "clients", "own_open", "instances", "budget"),
     [
-        # capacity = 50 - 3 - 2 = 45; a quarter each; others hold 15 of 45: 11.
-        (50, 3, 20, 5, 4, 11),
-        # Others hold 40 of 45: only 5 are left, below the share of 11.
-        (50, 3, 45, 5, 4, 5),
-        # Alone on a server of 100: all of it but the reserves.
-        (100, 3, 1, 1, 1, 95),
+        # 50 - 3 reserved = 47, less a headroom of 5 (10 %): 42, a quarter each: 10;
+        # others hold 15 of 42, which leaves more than that.
+        (50, 3, 20, 5, 4, 10),
+        # Others hold 40 of 42: only 2 are left, below the share of 10.
+        (50, 3, 45, 5, 4, 2),
+        # Alone on a server of 100: 97 less a headroom of 10.
+        (100, 3, 1, 1, 1, 87),
         # The server is full of others: nothing.
         (20, 3, 30, 0, 1, 0),
     ],
@@ -98,7 +99,6 @@ def test_sizer_restarted_counters_make_no_window() -> None:
 def test_sizer_budget_from_server_facts(
     max_connections: int, reserved: int, clients: int, own_open: int, instances: int, budget: int
 ) -> None:
-    assert BUDGET_RESERVE == 2  # (the rows above count it)
     sizer = Sizer(1, 40, instances)
     assert sizer.take_facts(7.0, facts(max_connections, reserved, clients), own_open) == budget
     assert sizer.budget == budget
@@ -108,7 +108,7 @@ def test_sizer_budget_from_server_facts(
 
 def test_sizer_budget_caps_the_limit_over_min_size() -> None:
     sizer = Sizer(4, 40, 10)
-    sizer.take_facts(0.0, facts(20, 3, 0), 0)  # capacity 15, a tenth each: 1
+    sizer.take_facts(0.0, facts(20, 3, 0), 0)  # 17 less a headroom of 3, a tenth each: 1
     decision = sizer.step(0.0, 0, 0.0, 0)
     assert (decision.limit, decision.reason) == (1, "cap: budget")
 
@@ -292,8 +292,8 @@ async def test_autosize_on_a_real_server_grows_for_io_bound_load(postgres_dsn: s
 
 @pytest.mark.skipif(find_pg_bin() is None, reason="needs local PostgreSQL server binaries")
 async def test_autosize_pools_share_a_small_servers_budget() -> None:
-    # max_connections=20, 3 reserved for superusers: 15 for the pools after the reserve
-    # of 2, 7 each for two instances. Each pool wants all 20 (pg_sleep does not queue).
+    # max_connections=20, 3 reserved for superusers: 14 for the pools after a headroom
+    # of 3, 7 each for two instances. Each pool wants all 20 (pg_sleep does not queue).
     with PostgresServer(settings={"max_connections": "20"}) as server:
         pools = [
             asyncpool.Pool(
@@ -341,7 +341,7 @@ async def test_autosize_pools_share_a_small_servers_budget() -> None:
         for pool in pools:
             await pool.close()
     assert errors == []  # no "too many clients"
-    assert max(sizes) <= 20 - 3 - BUDGET_RESERVE
+    assert max(sizes) <= 14
     assert all(b is not None and b <= 7 for b in budgets), budgets
     assert min(limits) >= 0.8 * max(limits), limits  # shares within 20 % of each other
     assert max(limits) == 7, limits
