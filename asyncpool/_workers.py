@@ -395,17 +395,23 @@ class PoolWorkers(PoolCore):
 
     async def _check_server_on(self, conn: Any) -> None:
         cfg = self._config
-        from ._budget import check_budget
+        from ._budget import check_budget, read_server_facts
 
         try:
-            await check_budget(
-                conn,
-                max_size=cfg.max_size,
-                instances=cfg.instances,
-                policy=cfg.budget_check,
-                pool_name=cfg.name,
-                pooler=cfg.pooler,
-            )
+            if self._sizer is not None and cfg.pooler is None:
+                # autosize keeps to a live share of the server: no max_size to check,
+                # the budget is known from the start.
+                facts = await read_server_facts(conn)
+                self._sizer.take_facts(self._clock(), facts, self._table.open_count())
+            else:
+                await check_budget(
+                    conn,
+                    max_size=cfg.max_size,
+                    instances=cfg.instances,
+                    policy=cfg.budget_check,
+                    pool_name=cfg.name,
+                    pooler=cfg.pooler,
+                )
             if cfg.pooler is None:
                 with quiet():  # the pool's own query: no tracing span
                     backend_pid = await own(conn, "fetchval")("SELECT pg_backend_pid()")

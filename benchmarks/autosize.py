@@ -18,11 +18,12 @@ Parts (``--parts``, comma-separated):
 * ``fleet``: four processes, each a pool with ``autosize=True, instances=4``, against a
   dedicated server with ``max_connections=50`` (as a non-superuser role, so the
   reserved slots stay reserved): "too many clients" errors and each process's mean
-  size. Skipped while ``Pool`` has no ``autosize`` parameter.
+  size (``--fleet-workload``, ``io`` by default, so that every pool wants all 40).
 
 Workloads: ``cpu`` (``SELECT count(*) FROM generate_series(1, 40000)``, ~3 ms of server
 CPU) and ``io`` (``SELECT pg_sleep(0.005)``), ``--borrowers`` (100) in a closed loop.
-Each cell: a fresh pool, ``--warmup`` seconds, then a ``--duration`` window in which
+Each cell: a fresh pool, ``--warmup`` seconds (``--autosize-warmup`` for the autosize
+cells, whose limit starts at ``min_size``), then a ``--duration`` window in which
 throughput, p50/p99 latency (acquire wait included) and the mean number of the pool's
 connections (``stats().size`` sampled every 20 ms) are measured.
 
@@ -214,7 +215,7 @@ async def run_pool_cell(
         latencies, errors, mean_size, _ = await closed_loop(
             operation,
             borrowers=args.borrowers,
-            warmup=args.warmup,
+            warmup=args.autosize_warmup if pool_kwargs.get("autosize") else args.warmup,
             duration=args.duration,
             sample_size=lambda: pool.stats().size,
         )
@@ -283,9 +284,15 @@ async def run_offline_cell(dsn: str, workload: str, args: Any) -> Cell:
 
 
 def _fleet_process(
-    dsn: str, index: int, duration: float, queue: Any, fixed_size: int | None = None
+    dsn: str,
+    index: int,
+    duration: float,
+    queue: Any,
+    fixed_size: int | None = None,
+    workload: str = "io",
 ) -> None:
-    """One of the four processes: a pool with autosize=True, instances=4, CPU workload.
+    """One of the four processes: a pool with autosize=True, instances=4, ``workload``
+    (``io`` by default: each pool then wants all 40 connections, so the budget binds).
 
     With ``fixed_size`` (``--fleet-fixed``), a fixed pool of that size instead: a check
     of the harness itself (4 x 15 > 47 must show "too many clients").
@@ -311,7 +318,7 @@ def _fleet_process(
             while loop.time() < end:
                 try:
                     async with pool.acquire() as conn:
-                        await conn.fetchval(WORKLOADS["cpu"])
+                        await conn.fetchval(WORKLOADS[workload])
                     done += 1
                 except Exception as exc:
                     if isinstance(exc, asyncpg.TooManyConnectionsError) or (
@@ -362,7 +369,7 @@ def run_fleet(args: Any) -> dict[str, Any]:
         procs = [
             ctx.Process(
                 target=_fleet_process,
-                args=(dsn, i, args.fleet_duration, queue, args.fleet_fixed),
+                args=(dsn, i, args.fleet_duration, queue, args.fleet_fixed, args.fleet_workload),
             )
             for i in range(4)
         ]
@@ -377,6 +384,7 @@ def run_fleet(args: Any) -> dict[str, Any]:
         "pools": "autosize=True, instances=4"
         if args.fleet_fixed is None
         else f"fixed max_size={args.fleet_fixed} (harness check, not autosize)",
+        "workload": args.fleet_workload,
         "max_connections": max_conn,
         "superuser_reserved_connections": reserved,
         "processes": results,
@@ -527,10 +535,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1,2,4,8,40")
     parser.add_argument("--borrowers", type=int, default=100)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--autosize-warmup",
+        type=float,
+        default=15.0,
+        help="warm-up of the autosize cells: the limit starts at min_size and must converge",
+    )
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--offline-warmup", type=float, default=10.0)
     parser.add_argument("--offline-duration", type=float, default=30.0)
     parser.add_argument("--fleet-duration", type=float, default=30.0)
+    parser.add_argument("--fleet-workload", choices=sorted(WORKLOADS), default="io")
     parser.add_argument(
         "--fleet-fixed",
         type=int,
@@ -565,6 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "revision": revision(),
             "borrowers": args.borrowers,
             "warmup": args.warmup,
+            "autosize_warmup": args.autosize_warmup,
             "duration": args.duration,
             "offline_warmup": args.offline_warmup,
             "offline_duration": args.offline_duration,

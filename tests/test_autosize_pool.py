@@ -211,6 +211,57 @@ async def test_autosize_finds_a_two_core_servers_knee(
     pool._table.check()
 
 
+async def test_autosize_follows_a_change_of_workload_within_seconds(
+    make_fake_pool: Callable[..., asyncpool.Pool],
+) -> None:
+    # First nothing saturates (the limit climbs), then the "server" turns CPU-bound
+    # with two cores: the limit comes down within a few seconds, and once settled
+    # holds steady (no swings of more than a few connections).
+    cpu_bound = False
+
+    def hold(n: int) -> float:
+        return 0.004 * max(1.0, n / 2) if cpu_bound else 0.004
+
+    pool = make_fake_pool(min_size=1, max_size=20, autosize=True, maintenance_interval=0.1)
+    await pool.open()
+    inflight = 0
+    stop = False
+
+    async def borrower() -> None:
+        nonlocal inflight
+        while not stop:
+            async with pool.acquire():
+                inflight += 1
+                try:
+                    await asyncio.sleep(hold(inflight))
+                finally:
+                    inflight -= 1
+
+    tasks = [asyncio.create_task(borrower()) for _ in range(30)]
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = loop.time() + 5.0
+        while pool.stats().limit < 12 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert pool.stats().limit >= 12
+        cpu_bound = True
+        changed = loop.time()
+        while pool.stats().limit > 8 and loop.time() < changed + 5.0:
+            await asyncio.sleep(0.05)
+        reacted = loop.time() - changed
+        assert reacted < 3.0, (reacted, pool.stats())
+        await asyncio.sleep(3.0)  # (the first shrinks are checked against the old workload)
+        limits = []
+        end = loop.time() + 2.0
+        while loop.time() < end:
+            await asyncio.sleep(0.05)
+            limits.append(pool.stats().limit)
+        assert max(limits) <= 10 and max(limits) - min(limits) <= 4, limits
+    finally:
+        stop = True
+        await asyncio.gather(*tasks)
+
+
 async def test_autosize_grows_while_latency_stays_flat(
     make_fake_pool: Callable[..., asyncpool.Pool],
 ) -> None:
@@ -288,6 +339,20 @@ async def test_autosize_on_a_real_server_grows_for_io_bound_load(postgres_dsn: s
         assert s.autosize is not None and s.autosize.budget is not None  # read from the server
         assert s.autosize.budget > s.limit
         assert all("->" in m for m in moves) and any(m.startswith("grow") for m in moves)
+
+
+async def test_autosize_knows_its_budget_at_open_and_does_not_warn(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # max_size * instances far above max_connections is no misconfiguration with
+    # autosize: the pool keeps to its share, read when it opens.
+    async with asyncpool.create_pool(
+        postgres_dsn, max_size=400, instances=50, autosize=True
+    ) as pool:
+        s = pool.stats()
+        assert s.autosize is not None and s.autosize.budget is not None
+        assert 0 <= s.autosize.budget < 400 // 50
+    assert not [r for r in caplog.records if r.name == "asyncpool.budget"]
 
 
 @pytest.mark.skipif(find_pg_bin() is None, reason="needs local PostgreSQL server binaries")

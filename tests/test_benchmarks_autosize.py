@@ -71,6 +71,8 @@ def test_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
         "0.2",
         "--duration",
         "0.5",
+        "--autosize-warmup",
+        "0.5",
         "--offline-warmup",
         "0.5",
         "--offline-duration",
@@ -79,6 +81,6 @@ def test_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=100)
     report = json.loads((tmp_path / "tiny.json").read_text())
     parts = [c["part"] for c in report["cells"]]
-    assert parts[0] == "fixed" and parts[-1] == "offline"
+    assert parts == ["fixed", "autosize", "offline"]
     assert all(c["operations"] > 0 and c["errors"] == 0 for c in report["cells"])
     assert (tmp_path / "tiny.md").read_text().startswith("# Autosize benchmark")
