@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from . import _pg
 from ._errors import (
     ConnectionReleasedError,
+    PoolError,
     PoolUsageError,
     TooManyWaiters,
 )
@@ -125,33 +126,21 @@ class PoolCore(PoolState):
         return None
 
     def _enqueue(self, started: float, deadline: float, in_order: bool) -> asyncio.Future[_Slot]:
-        """Queue a borrower (sync), refusing when the database is down or the queue full,
-        and start a connect for it if the pool may grow.
+        """Queue a borrower (sync), refusing when the pool is not open or the database is
+        down (the queue's push refuses by :meth:`_refusal`), and start a connect for it
+        if the pool may grow.
         """
         if self._state is not OPEN:
             raise self._refuse()
-        if self._down or self._max_waiting is not None:
-            self._may_wait()
-        waiters = self._waiters
-        live = waiters.live
-        if live and (live >= self._admit_queue or not in_order) and waiters.adaptive:
-            # Deadline-aware admission: refuse now whom the queue cannot serve in time
-            # (standing, the queue serves the newest first: a newcomer is next). With the
-            # pool's own timeout the limit is worked out once per maintenance pass.
-            position = 1 if waiters.standing else live + 1
-            if position > (
-                self._admit_queue
-                if in_order
-                else admission_limit(self._max_size, self._mean_hold, deadline - started)
-            ):
-                raise self._refuse_overloaded(position, deadline - started)
-        fut = waiters.push(started, deadline, in_order=in_order)
+        if self._down:
+            self._check_down()
+        fut = self._waiters.push(started, deadline, in_order)
         if self._table.active < self._max_size:
             self._grow()  # (it returns at once when the pool is full)
         return fut
 
-    def _may_wait(self) -> None:
-        """Refuse to queue when the database is known down or the queue is full.
+    def _check_down(self) -> None:
+        """Refuse to queue when the database is known down.
 
         "Known down": nothing is open, and a connect was refused less than
         ``reconnect_initial_delay`` ago, or the settings were refused (that does not
@@ -170,14 +159,34 @@ class PoolCore(PoolState):
                 self._counters.unavailable_total += 1
                 raise self._unavailable_error()
             self._next_connect_at = 0.0  # (the caller's _grow() starts one at once)
-        max_waiting = self._config.max_waiting
-        if max_waiting is not None and self._waiters.live >= max_waiting:
+
+    def _refusal(
+        self, live: int, position: int, remaining: float, in_order: bool
+    ) -> PoolError | None:
+        """The waiter queue's admission callback (Admission in ``_waiters``): the error
+        that turns away a newcomer (``live`` wait already; it would be at ``position``,
+        with ``remaining`` seconds), or None to queue it. Refused: past ``max_waiting``;
+        and, with overload control, further back than the queue can serve in time
+        (:func:`_policy.admission_limit`; standing, the queue serves the newest first, so
+        a newcomer is next). For the pool's own timeout the limit is worked out once per
+        maintenance pass.
+        """
+        if live >= self._max_waiting:  # (inf when unbounded)
             self._counters.too_many_waiters_total += 1
-            raise TooManyWaiters(
-                f"asyncpool pool {self.name!r}: {self._waiters.live} borrowers already wait "
-                f"(max_waiting={max_waiting}) and all {len(self._slots)} connections are "
-                "busy; raise max_waiting or max_size, or shed load"
+            return TooManyWaiters(
+                f"asyncpool pool {self.name!r}: {live} borrowers already wait (max_waiting="
+                f"{self._config.max_waiting}) and all {len(self._slots)} connections are busy; "
+                "raise max_waiting or max_size, or shed load"
             )
+        if not (live and (live >= self._admit_queue or not in_order) and self._waiters.adaptive):
+            return None
+        if position <= (
+            self._admit_queue
+            if in_order
+            else admission_limit(self._max_size, self._mean_hold, remaining)
+        ):
+            return None
+        return self._refuse_overloaded(position, remaining)
 
     def _abandon(self, fut: asyncio.Future[_Slot], exc: BaseException) -> None:
         """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""
@@ -372,8 +381,9 @@ class _AcquireContext:
     The hot path lives here, inlined (a method call is a tenth of what an idle acquire
     costs): lend the most recently used idle connection when it needs no check. Its
     state change is synchronous and ends before the first ``await``; everything else
-    goes to the slow path (:meth:`PoolCore._checked_idle`, then :meth:`PoolCore._enqueue`
-    and the wait), and both end in the same lend block.
+    goes to the slow path (:meth:`PoolCore._checked_idle`, then the queue: straight to
+    :meth:`WaiterQueue.push` for the usual wait, else :meth:`PoolCore._enqueue`), and
+    both end in the same lend block.
     """
 
     __slots__ = ("_conn", "_guarded", "_pool", "_timeout")
@@ -421,17 +431,24 @@ class _AcquireContext:
             idle.pop()
             slot.state = IN_USE  # IDLE -> IN_USE: no counter changes (see SlotTable)
             slot.acquired_at = now
-        else:  # the slow path: check idle ones, else queue (see PoolCore._enqueue)
+        else:  # the slow path: check idle ones, else queue
             timeout = self._timeout
             clock = pool._clock
             started = clock()
             deadline = started + (pool._acquire_timeout if timeout is None else timeout)
-            in_order = timeout is None  # the pool's own timeout: deadlines in arrival order
+            # (in_order: the pool's own timeout, deadlines in arrival order)
             if idle and not pool._waiters.live:
                 slot = await pool._checked_idle(started, deadline)
-                in_order = False  # (that may have taken a while)
+                if slot is None:  # (in_order=False: that may have taken a while)
+                    fut = pool._enqueue(started, deadline, False)
+            elif not pool._down and pool._table.active >= pool._max_size:
+                # The usual wait: straight into the queue (its push may refuse, see
+                # PoolCore._refusal); PoolCore._enqueue's other steps have nothing to do:
+                # the pool is open (tested above), not known down, full (nothing to grow).
+                fut = pool._waiters.push(started, deadline, timeout is None)
+            else:
+                fut = pool._enqueue(started, deadline, timeout is None)
             if slot is None:
-                fut = pool._enqueue(started, deadline, in_order)
                 try:
                     slot = await fut
                 except BaseException as exc:

@@ -144,7 +144,7 @@ class PoolState:
         self._slots: set[_Slot] = self._table.slots
         self._idle: deque[_Slot] = self._table.idle
         self._waiters: WaiterQueue[_Slot] = WaiterQueue(
-            self._timed_out, self._shed, self._on_standing
+            self._timed_out, self._shed, self._on_standing, self._refusal
         )
         # Seconds a lease lasts, lately (from the use-time histogram; see _upkeep), and
         # the (count, sum) it was last measured from: for overload control.
@@ -187,7 +187,7 @@ class PoolState:
         self._max_queries = cfg.max_queries
         self._limit_uses = cfg.max_uses is not None or cfg.max_queries is not None
         self._max_size = cfg.max_size
-        self._max_waiting = cfg.max_waiting
+        self._max_waiting = INF if cfg.max_waiting is None else cfg.max_waiting
         self._acquire_timeout = cfg.acquire_timeout
         self._setup = cfg.setup
         self._leak_timeout = cfg.leak_timeout
@@ -198,18 +198,16 @@ class PoolState:
         self._update_admission()
 
     def _update_admission(self) -> None:
-        """Work out the admission limit of waiters with the pool's own timeout (after a
-        new hold-time measure, or a change of settings).
-        """
+        """Work out the admission limits (after a new hold-time measure, or new settings)."""
         self._admit_queue = (
             admission_limit(self._max_size, self._mean_hold, self._acquire_timeout)
             if self._waiters.adaptive
             else INF
         )
+        self._waiters.gate = min(self._admit_queue, self._max_waiting)  # see PoolCore._refusal
 
     def _update_extras(self) -> None:
-        # One test on the hot path instead of three.
-        self._extras = (
+        self._extras = (  # one test on the hot path instead of three
             bool(self._hooks) or self._leak_timeout is not None or (self._setup is not None)
         )
 
@@ -366,7 +364,10 @@ class PoolState:
                 "asyncpool pool %r: background task failed", self.name, exc_info=task.exception()
             )
 
-    # The I/O layer (PoolWorkers) provides these.
+    # The layers above provide these: PoolCore the first, PoolWorkers the rest.
+    def _refusal(self, live: int, position: int, remaining: float, in_order: bool) -> Any:
+        raise NotImplementedError
+
     def _grow(self) -> None:
         raise NotImplementedError
 
@@ -414,7 +415,7 @@ class PoolState:
         )
 
     def _refuse_overloaded(self, position: int, remaining: float) -> PoolOverloaded:
-        """A borrower refused at once by admission control (see _policy.admit)."""
+        """A borrower refused at once by admission control (see PoolCore._refusal)."""
         self._counters.overload_refused_total += 1
         self._warn_overloaded()
         if self._hooks:
