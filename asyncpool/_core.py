@@ -23,17 +23,18 @@ job to the one below, importing only what lies below it::
   one event loop they need no lock and cancellation cannot interrupt them. The I/O they
   decide on (connect, reset, ping, close) runs afterwards, in the borrower's task (a
   ping before a lend) or in a pool-owned background task.
-* Borrowers wait in a :class:`WaiterQueue`: a connection that becomes available goes to
-  the oldest waiter still waiting; a waiter cancelled in the same tick as it was handed
-  one passes it on. Nothing is lost, and a cancellation is always re-raised.
+* Borrowers wait in a :class:`WaiterQueue` (its push admits them: ``_refusal``): a freed
+  connection goes to the oldest waiter still waiting; a waiter cancelled in the same tick
+  as it was handed one passes it on. Nothing is lost, and a cancellation always re-raises.
 * Decisions with numbers in and a verdict out are pure functions in ``_policy``.
 * The hot path (an idle connection, nobody waiting) is the one hand-inlined code of the
   pool: :meth:`_AcquireContext.__aenter__` pops the most recently used idle connection
   and :meth:`PoolCore._returned` pushes it back, with no task, timer, lock or server
-  round trip, one clock read each. The acquire after a wait shares its lend block. The
-  release inlines :meth:`_Recorder.add` (``tests/test_policy.py`` pins the copy to it)
-  and the clean case of :func:`_policy.return_verdict` (pinned likewise). Measure with
-  ``python -m benchmarks.icount`` before adding to either.
+  round trip, one clock read each. The acquire after a wait shares its lend block (and
+  notes its wait, filed in batches: ``_Recorder.noted``). The release inlines
+  :meth:`_Recorder.add` (``tests/test_pool_unit.py`` pins the copy to it) and the clean
+  case of :func:`_policy.return_verdict` (``tests/test_policy.py`` pins that). Measure
+  with ``python -m benchmarks.icount`` before adding to either.
 * Borrowers wait only on the pool. Connections are opened by background tasks and go
   to the oldest waiter, like a returned one (``_workers``).
 """
@@ -61,7 +62,7 @@ from ._guard import check_loop
 from ._policy import admission_limit, return_verdict
 from ._slots import CHECKING, IDLE, IN_USE, RETURNING, SlotState, _Slot
 from ._state import CLOSED, OPEN, PoolState
-from ._stats import HISTOGRAM_BOUNDS
+from ._stats import _NOTED_MAX, HISTOGRAM_BOUNDS
 
 if TYPE_CHECKING:
     from ._connection import PooledConnection
@@ -163,13 +164,11 @@ class PoolCore(PoolState):
     def _refusal(
         self, live: int, position: int, remaining: float, in_order: bool
     ) -> PoolError | None:
-        """The waiter queue's admission callback (Admission in ``_waiters``): the error
-        that turns away a newcomer (``live`` wait already; it would be at ``position``,
-        with ``remaining`` seconds), or None to queue it. Refused: past ``max_waiting``;
-        and, with overload control, further back than the queue can serve in time
-        (:func:`_policy.admission_limit`; standing, the queue serves the newest first, so
-        a newcomer is next). For the pool's own timeout the limit is worked out once per
-        maintenance pass.
+        """The waiter queue's admission callback (see ``_waiters``): the error that turns
+        a newcomer away, or None to queue it. Refused: at ``max_waiting``; and, with
+        overload control, further back than the queue can serve in its time left
+        (:func:`_policy.admission_limit`; for the pool's own timeout worked out once per
+        maintenance pass).
         """
         if live >= self._max_waiting:  # (inf when unbounded)
             self._counters.too_many_waiters_total += 1
@@ -436,15 +435,13 @@ class _AcquireContext:
             clock = pool._clock
             started = clock()
             deadline = started + (pool._acquire_timeout if timeout is None else timeout)
-            # (in_order: the pool's own timeout, deadlines in arrival order)
             if idle and not pool._waiters.live:
                 slot = await pool._checked_idle(started, deadline)
-                if slot is None:  # (in_order=False: that may have taken a while)
+                if slot is None:  # (not in arrival order: that may have taken a while)
                     fut = pool._enqueue(started, deadline, False)
             elif not pool._down and pool._table.active >= pool._max_size:
-                # The usual wait: straight into the queue (its push may refuse, see
-                # PoolCore._refusal); PoolCore._enqueue's other steps have nothing to do:
-                # the pool is open (tested above), not known down, full (nothing to grow).
+                # The usual wait: open (tested above), not known down, full (nothing to
+                # grow), so _enqueue would only push; the queue's push may still refuse.
                 fut = pool._waiters.push(started, deadline, timeout is None)
             else:
                 fut = pool._enqueue(started, deadline, timeout is None)
@@ -458,7 +455,10 @@ class _AcquireContext:
                     pool._handed_late(slot)
             slot.acquired_at = _now()
             waited = clock() - started
-            pool._counters.wait_time.add(waited)
+            noted = pool._counters.wait_time.noted  # filed in batches (see _Recorder)
+            noted.append(waited)
+            if len(noted) >= _NOTED_MAX:
+                pool._counters.wait_time.file_noted()
         # The lend block, for both paths.
         slot.uses += 1
         slot.dirty = False
