@@ -23,17 +23,18 @@ job to the one below, importing only what lies below it::
   one event loop they need no lock and cancellation cannot interrupt them. The I/O they
   decide on (connect, reset, ping, close) runs afterwards, in the borrower's task (a
   ping before a lend) or in a pool-owned background task.
-* Borrowers wait in a :class:`WaiterQueue`: a connection that becomes available goes to
-  the oldest waiter still waiting; a waiter cancelled in the same tick as it was handed
-  one passes it on. Nothing is lost, and a cancellation is always re-raised.
+* Borrowers wait in a :class:`WaiterQueue` (its push admits them: ``_refusal``): a freed
+  connection goes to the oldest waiter still waiting; a waiter cancelled in the same tick
+  as it was handed one passes it on. Nothing is lost, and a cancellation always re-raises.
 * Decisions with numbers in and a verdict out are pure functions in ``_policy``.
 * The hot path (an idle connection, nobody waiting) is the one hand-inlined code of the
   pool: :meth:`_AcquireContext.__aenter__` pops the most recently used idle connection
   and :meth:`PoolCore._returned` pushes it back, with no task, timer, lock or server
-  round trip, one clock read each. The acquire after a wait shares its lend block. The
-  release inlines :meth:`_Recorder.add` (``tests/test_policy.py`` pins the copy to it)
-  and the clean case of :func:`_policy.return_verdict` (pinned likewise). Measure with
-  ``python -m benchmarks.icount`` before adding to either.
+  round trip, one clock read each. The acquire after a wait shares its lend block (and
+  notes its wait, filed in batches: ``_Recorder.noted``). The release inlines
+  :meth:`_Recorder.add` (``tests/test_pool_unit.py`` pins the copy to it) and the clean
+  case of :func:`_policy.return_verdict` (``tests/test_policy.py`` pins that). Measure
+  with ``python -m benchmarks.icount`` before adding to either.
 * Borrowers wait only on the pool. Connections are opened by background tasks and go
   to the oldest waiter, like a returned one (``_workers``).
 """
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from . import _pg
 from ._errors import (
     ConnectionReleasedError,
+    PoolError,
     PoolUsageError,
     TooManyWaiters,
 )
@@ -60,7 +62,7 @@ from ._guard import check_loop
 from ._policy import admission_limit, return_verdict
 from ._slots import CHECKING, IDLE, IN_USE, RETURNING, SlotState, _Slot
 from ._state import CLOSED, OPEN, PoolState
-from ._stats import HISTOGRAM_BOUNDS
+from ._stats import _NOTED_MAX, HISTOGRAM_BOUNDS
 
 if TYPE_CHECKING:
     from ._connection import PooledConnection
@@ -125,33 +127,21 @@ class PoolCore(PoolState):
         return None
 
     def _enqueue(self, started: float, deadline: float, in_order: bool) -> asyncio.Future[_Slot]:
-        """Queue a borrower (sync), refusing when the database is down or the queue full,
-        and start a connect for it if the pool may grow.
+        """Queue a borrower (sync), refusing when the pool is not open or the database is
+        down (the queue's push refuses by :meth:`_refusal`), and start a connect for it
+        if the pool may grow.
         """
         if self._state is not OPEN:
             raise self._refuse()
-        if self._down or self._max_waiting is not None:
-            self._may_wait()
-        waiters = self._waiters
-        live = waiters.live
-        if live and (live >= self._admit_queue or not in_order) and waiters.adaptive:
-            # Deadline-aware admission: refuse now whom the queue cannot serve in time
-            # (standing, the queue serves the newest first: a newcomer is next). With the
-            # pool's own timeout the limit is worked out once per maintenance pass.
-            position = 1 if waiters.standing else live + 1
-            if position > (
-                self._admit_queue
-                if in_order
-                else admission_limit(self._max_size, self._mean_hold, deadline - started)
-            ):
-                raise self._refuse_overloaded(position, deadline - started)
-        fut = waiters.push(started, deadline, in_order=in_order)
+        if self._down:
+            self._check_down()
+        fut = self._waiters.push(started, deadline, in_order)
         if self._table.active < self._max_size:
             self._grow()  # (it returns at once when the pool is full)
         return fut
 
-    def _may_wait(self) -> None:
-        """Refuse to queue when the database is known down or the queue is full.
+    def _check_down(self) -> None:
+        """Refuse to queue when the database is known down.
 
         "Known down": nothing is open, and a connect was refused less than
         ``reconnect_initial_delay`` ago, or the settings were refused (that does not
@@ -170,14 +160,32 @@ class PoolCore(PoolState):
                 self._counters.unavailable_total += 1
                 raise self._unavailable_error()
             self._next_connect_at = 0.0  # (the caller's _grow() starts one at once)
-        max_waiting = self._config.max_waiting
-        if max_waiting is not None and self._waiters.live >= max_waiting:
+
+    def _refusal(
+        self, live: int, position: int, remaining: float, in_order: bool
+    ) -> PoolError | None:
+        """The waiter queue's admission callback (see ``_waiters``): the error that turns
+        a newcomer away, or None to queue it. Refused: at ``max_waiting``; and, with
+        overload control, further back than the queue can serve in its time left
+        (:func:`_policy.admission_limit`; for the pool's own timeout worked out once per
+        maintenance pass).
+        """
+        if live >= self._max_waiting:  # (inf when unbounded)
             self._counters.too_many_waiters_total += 1
-            raise TooManyWaiters(
-                f"asyncpool pool {self.name!r}: {self._waiters.live} borrowers already wait "
-                f"(max_waiting={max_waiting}) and all {len(self._slots)} connections are "
-                "busy; raise max_waiting or max_size, or shed load"
+            return TooManyWaiters(
+                f"asyncpool pool {self.name!r}: {live} borrowers already wait (max_waiting="
+                f"{self._config.max_waiting}) and all {len(self._slots)} connections are busy; "
+                "raise max_waiting or max_size, or shed load"
             )
+        if not (live and (live >= self._admit_queue or not in_order) and self._waiters.adaptive):
+            return None
+        if position <= (
+            self._admit_queue
+            if in_order
+            else admission_limit(self._max_size, self._mean_hold, remaining)
+        ):
+            return None
+        return self._refuse_overloaded(position, remaining)
 
     def _abandon(self, fut: asyncio.Future[_Slot], exc: BaseException) -> None:
         """A waiter stopped waiting (cancelled, timed out, pool closed). No await here."""
@@ -370,18 +378,12 @@ class _AcquireContext:
     The hot path lives here, inlined (a method call is a tenth of what an idle acquire
     costs): lend the most recently used idle connection when it needs no check. Its
     state change is synchronous and ends before the first ``await``; everything else
-    goes to the slow path (:meth:`PoolCore._checked_idle`, then :meth:`PoolCore._enqueue`
-    and the wait), and both end in the same lend block.
+    goes to the slow path (:meth:`PoolCore._checked_idle`, then the queue: straight to
+    :meth:`WaiterQueue.push` for the usual wait, else :meth:`PoolCore._enqueue`), and
+    both end in the same lend block.
     """
 
     __slots__ = ("_conn", "_guarded", "_pool", "_timeout")
-
-    def __init__(self, pool: PoolCore, timeout: float | None) -> None:
-        """A borrow by the pool itself (``Pool.acquire`` skips this call, for speed)."""
-        self._pool = pool
-        self._timeout = timeout
-        self._conn = None
-        self._guarded = False
 
     # Made by Pool.acquire(), never by calling the class.
     _pool: PoolCore
@@ -426,17 +428,22 @@ class _AcquireContext:
             idle.pop()
             slot.state = IN_USE  # IDLE -> IN_USE: no counter changes (see SlotTable)
             slot.acquired_at = now
-        else:  # the slow path: check idle ones, else queue (see PoolCore._enqueue)
+        else:  # the slow path: check idle ones, else queue
             timeout = self._timeout
             clock = pool._clock
             started = clock()
             deadline = started + (pool._acquire_timeout if timeout is None else timeout)
-            in_order = timeout is None  # the pool's own timeout: deadlines in arrival order
             if idle and not pool._waiters.live:
                 slot = await pool._checked_idle(started, deadline)
-                in_order = False  # (that may have taken a while)
+                if slot is None:  # (not in arrival order: that may have taken a while)
+                    fut = pool._enqueue(started, deadline, False)
+            elif not pool._down and pool._table.active >= pool._max_size:
+                # The usual wait: open (tested above), not known down, full (nothing to
+                # grow), so _enqueue would only push; the queue's push may still refuse.
+                fut = pool._waiters.push(started, deadline, timeout is None)
+            else:
+                fut = pool._enqueue(started, deadline, timeout is None)
             if slot is None:
-                fut = pool._enqueue(started, deadline, in_order)
                 try:
                     slot = await fut
                 except BaseException as exc:
@@ -446,7 +453,10 @@ class _AcquireContext:
                     pool._handed_late(slot)
             slot.acquired_at = _now()
             waited = clock() - started
-            pool._counters.wait_time.add(waited)
+            noted = pool._counters.wait_time.noted  # filed in batches (see _Recorder)
+            noted.append(waited)
+            if len(noted) >= _NOTED_MAX:
+                pool._counters.wait_time.file_noted()
         # The lend block, for both paths.
         slot.uses += 1
         slot.dirty = False

@@ -146,17 +146,16 @@ class PoolState:
         self._slots: set[_Slot] = self._table.slots
         self._idle: deque[_Slot] = self._table.idle
         self._waiters: WaiterQueue[_Slot] = WaiterQueue(
-            self._timed_out, self._shed, self._on_standing
+            self._timed_out, self._shed, self._on_standing, self._refusal
         )
-        # Seconds a lease lasts, lately (from the use-time histogram; see _upkeep), and
-        # the (count, sum) it was last measured from: for overload control.
+        # A lease's usual length, and the use-time (count, sum) it came from (_upkeep).
         self._mean_hold = 0.0
         self._hold_mark = (0, 0.0)
         self._admit_queue = INF  # the admission limit for the pool's own timeout
         self._overload_logged_at = float("-inf")
         self._counters = _Counters()
         self._lends_gone = 0  # lends of slots no longer in the pool (see _lends)
-        self._over_max = False  # above max_size after resize(): returns check the bound
+        self._over_max = False  # above the limit (resize, autosize): returns check the bound
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closers: set[asyncio.Task[Any]] = set()  # (of _tasks) polite closes: close() waits
@@ -192,7 +191,7 @@ class PoolState:
         self._max_queries = cfg.max_queries
         self._limit_uses = cfg.max_uses is not None or cfg.max_queries is not None
         self._max_size = cfg.max_size if self._sizer is None else self._sizer.limit
-        self._max_waiting = cfg.max_waiting
+        self._max_waiting = INF if cfg.max_waiting is None else cfg.max_waiting
         self._acquire_timeout = cfg.acquire_timeout
         self._setup = cfg.setup
         self._leak_timeout = cfg.leak_timeout
@@ -203,18 +202,16 @@ class PoolState:
         self._update_admission()
 
     def _update_admission(self) -> None:
-        """Work out the admission limit of waiters with the pool's own timeout (after a
-        new hold-time measure, or a change of settings).
-        """
+        """Work out the admission limits (after a new hold-time measure, or new settings)."""
         self._admit_queue = (
             admission_limit(self._max_size, self._mean_hold, self._acquire_timeout)
             if self._waiters.adaptive
             else INF
         )
+        self._waiters.gate = min(self._admit_queue, self._max_waiting)  # see PoolCore._refusal
 
     def _update_extras(self) -> None:
-        # One test on the hot path instead of three.
-        self._extras = (
+        self._extras = (  # one test on the hot path instead of three
             bool(self._hooks) or self._leak_timeout is not None or (self._setup is not None)
         )
 
@@ -368,7 +365,10 @@ class PoolState:
                 "asyncpool pool %r: background task failed", self.name, exc_info=task.exception()
             )
 
-    # The I/O layer (PoolWorkers) provides these.
+    # The layers above provide these: PoolCore the first, PoolWorkers the rest.
+    def _refusal(self, live: int, position: int, remaining: float, in_order: bool) -> Any:
+        raise NotImplementedError
+
     def _grow(self) -> None:
         raise NotImplementedError
 
@@ -416,7 +416,7 @@ class PoolState:
         )
 
     def _refuse_overloaded(self, position: int, remaining: float) -> PoolOverloaded:
-        """A borrower refused at once by admission control (see _policy.admit)."""
+        """A borrower refused at once by admission control (see PoolCore._refusal)."""
         self._counters.overload_refused_total += 1
         self._warn_overloaded()
         if self._hooks:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 from ._autosize import AutosizeStats
 
@@ -48,21 +48,29 @@ class TimeSummary:
         return self.sum / self.count if self.count else 0.0
 
 
+#: Durations a recorder notes before they are filed (see _Recorder.noted).
+_NOTED_MAX = 1024
+
+
 class _Recorder:
     """Mutable accumulator behind a :class:`TimeSummary` (internal)."""
 
-    __slots__ = ("buckets", "max", "sum")
+    __slots__ = ("buckets", "max", "noted", "sum")
 
     def __init__(self) -> None:
         self.sum = 0.0
         self.max = 0.0
         # The count is the buckets' total: one store less per sample on the hot path.
         self.buckets = [0] * (len(HISTOGRAM_BOUNDS) + 1)
+        #: Durations recorded but not filed yet: the waiting path appends here (a list
+        #: append costs a fraction of a call of add()) and, at _NOTED_MAX of them, calls
+        #: file_noted(); snapshot() files them first.
+        self.noted: list[float] = []
 
     @property
     def count(self) -> int:
         """Durations recorded so far."""
-        return sum(self.buckets)
+        return sum(self.buckets) + len(self.noted)
 
     def add(self, seconds: float) -> None:
         """File one duration (``PoolCore._returned`` inlines this; a test pins the two)."""
@@ -75,8 +83,28 @@ class _Recorder:
         else:
             self.buckets[bisect_left(HISTOGRAM_BOUNDS, seconds)] += 1
 
+    def file_noted(self) -> None:
+        """File the ``noted`` durations as :meth:`add` would, in one pass: sorted, each
+        bucket takes the run of them up to its bound.
+        """
+        noted = sorted(self.noted)
+        self.noted.clear()
+        if not noted:
+            return
+        self.sum += sum(noted)
+        if noted[-1] > self.max:
+            self.max = noted[-1]
+        buckets = self.buckets
+        filed = 0
+        for i, bound in enumerate(HISTOGRAM_BOUNDS):
+            upto = bisect_right(noted, bound, filed)
+            buckets[i] += upto - filed
+            filed = upto
+        buckets[-1] += len(noted) - filed
+
     def snapshot(self, zeros: int = 0) -> TimeSummary:
         """Freeze, adding ``zeros`` durations of 0 s (counted apart on the hot path)."""
+        self.file_noted()
         buckets = list(self.buckets)
         buckets[0] += zeros
         return TimeSummary(sum(buckets), self.sum, self.max, tuple(buckets))

@@ -24,6 +24,14 @@ below ``min_useful`` (the pool's usual hold time: they could not finish a query)
 failing them with the owner's ``shed(started, now)`` error. When the queue moves again
 it is first come, first served again. ``on_standing(bool)`` hears each change.
 
+Admission. :meth:`WaiterQueue.push` may turn a newcomer away instead of queueing it:
+once ``gate`` waiters wait (the owner sets it: its ``max_waiting``, or the queue length
+its default deadline cannot wait out), or while others wait for one with a deadline of
+its own (``adaptive``), it asks the owner's ``refusal(live, position, remaining,
+in_order)`` callback, and raises the error it returns. ``position`` is the newcomer's
+place in line (first while the queue stands: it is served next). Below the gate a
+newcomer queues with one comparison.
+
 Synchronous throughout: no ``await``, so on one event loop these operations need no
 lock and cannot be interrupted by a cancellation.
 """
@@ -46,6 +54,10 @@ _INF = float("inf")
 _Future = asyncio.Future
 
 
+def _admit_all(live: int, position: int, remaining: float, in_order: bool) -> None:
+    """The default ``refusal``: turn nobody away."""
+
+
 class WaiterQueue(Generic[_T]):
     """Borrowers waiting for an item, first come first served, each with a deadline."""
 
@@ -55,6 +67,7 @@ class WaiterQueue(Generic[_T]):
         "_heap",
         "_loop",
         "_on_standing",
+        "_refusal",
         "_seq",
         "_shed",
         "_timed_out",
@@ -62,6 +75,7 @@ class WaiterQueue(Generic[_T]):
         "_timer_at",
         "_watch",
         "adaptive",
+        "gate",
         "live",
         "min_useful",
         "served_newest",
@@ -74,14 +88,17 @@ class WaiterQueue(Generic[_T]):
         timed_out: Callable[[float, float], BaseException],
         shed: Callable[[float, float], BaseException] | None = None,
         on_standing: Callable[[bool], None] | None = None,
+        refusal: Callable[[int, int, float, bool], BaseException | None] | None = None,
     ) -> None:
         """``timed_out(started, now)``: the error for a waiter whose deadline passed
         (called once per such waiter, in the timer's callback); ``shed(started, now)``:
-        the error for a waiter dropped from a standing queue.
+        the error for a waiter dropped from a standing queue; ``refusal``: see Admission
+        in the module notes.
         """
         self._timed_out = timed_out
         self._shed = shed or timed_out
         self._on_standing = on_standing
+        self._refusal = refusal or _admit_all
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Callable[[], float] = monotonic
         # (future, deadline if in arrival order else inf, start, deadline), oldest first.
@@ -94,6 +111,8 @@ class WaiterQueue(Generic[_T]):
         self._watch: asyncio.TimerHandle | None = None  # for the oldest's standing_after()
         #: Waiters still waiting (futures not done).
         self.live = 0
+        #: Waiters from which push() asks ``refusal`` about a newcomer (module notes).
+        self.gate = _INF
         #: Serve the newest waiter while the queue stands (see the module notes).
         self.adaptive = False
         #: Seconds a waiter must have left to be worth serving in a standing queue.
@@ -114,11 +133,19 @@ class WaiterQueue(Generic[_T]):
         """Every queued future, oldest first, done or not (for invariant checks)."""
         return [entry[0] for entry in self._fifo]
 
-    def push(self, started: float, deadline: float, *, in_order: bool) -> asyncio.Future[_T]:
-        """Queue a waiter: the future its item will be handed over on. ``in_order``: its
-        deadline is not earlier than any default deadline queued before it (the pool's
+    def push(self, started: float, deadline: float, in_order: bool) -> asyncio.Future[_T]:
+        """Queue a waiter: the future its item will be handed over on, unless the owner
+        refuses it (Admission in the module notes: the error is raised here). ``in_order``:
+        its deadline is not earlier than any default deadline queued before it (the pool's
         own timeout); else it also goes into the heap. ``deadline=inf``: no deadline.
         """
+        live = self.live
+        if live >= self.gate or (not in_order and live and self.adaptive):
+            refusal = self._refusal(
+                live, 1 if self.standing else live + 1, deadline - started, in_order
+            )
+            if refusal is not None:
+                raise refusal
         # asyncio.Future itself (not loop.create_future(), a Python call on asyncio's
         # loops): every loop asyncpool supports makes plain asyncio futures.
         fut: asyncio.Future[_T] = _Future(loop=self._loop)
@@ -130,8 +157,8 @@ class WaiterQueue(Generic[_T]):
             self._fifo.append((fut, _INF, started, deadline))
             if deadline != _INF:
                 self._push_heap(fut, deadline, started)
-        self.live += 1
-        if self.adaptive and self._watch is None and not self.standing:
+        self.live = live + 1
+        if self._watch is None and self.adaptive and not self.standing:
             self._arm_watch()
         return fut
 

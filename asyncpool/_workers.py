@@ -151,6 +151,9 @@ class PoolWorkers(PoolCore):
         slot.last_used = _now()
         self._hand_over(slot)
 
+    def acquire(self, *, timeout: float | None = None) -> _AcquireContext:
+        raise NotImplementedError  # (Pool provides it)
+
     async def _read_budget(self) -> None:
         """Read the server's connection facts for the adaptive limit's budget
         (``autosize=True``) on a pool connection, borrowed like any other: it waits its
@@ -160,7 +163,7 @@ class PoolWorkers(PoolCore):
         from ._budget import read_server_facts
 
         try:
-            async with _AcquireContext(self, self._config.acquire_timeout) as conn:
+            async with self.acquire(timeout=self._config.acquire_timeout) as conn:
                 facts = await read_server_facts(conn)
         except Exception:
             logger.debug("asyncpool pool %r: budget reading failed", self.name, exc_info=True)

@@ -123,6 +123,26 @@ async def test_hot_path_creates_no_task_timer_or_query(
     assert pool.stats().resets_skipped_total == 400
 
 
+def test_noted_durations_are_filed_as_add_files_them() -> None:
+    """The waiting path notes its waits and files them in batches (_Recorder.file_noted):
+    the same buckets, max and sum as one add() per duration, bounds and ties included."""
+    from asyncpool._stats import _Recorder
+
+    durations = [b * f for b in HISTOGRAM_BOUNDS for f in (0.5, 1.0, 1.000001)]
+    durations += [0.0, 100.0, 0.0001, 0.003, 0.0001]
+    one_by_one, noted = _Recorder(), _Recorder()
+    for d in durations:
+        one_by_one.add(d)
+    noted.noted.extend(durations[:7])
+    noted.file_noted()
+    noted.noted.extend(durations[7:])
+    assert noted.count == len(durations)  # (filed or not)
+    expected, got = one_by_one.snapshot(3), noted.snapshot(3)
+    assert not noted.noted
+    assert (got.count, got.max, got.buckets) == (expected.count, expected.max, expected.buckets)
+    assert got.sum == pytest.approx(expected.sum)
+
+
 async def test_counters_the_hot_path_leaves_to_stats(
     make_fake_pool: Any, fake_server: FakeServer
 ) -> None:
