@@ -50,6 +50,25 @@ def test_targets() -> None:
     assert lines[2].endswith("FAIL")  # 0.86x the throughput
 
 
+def test_targets_pair_each_repetition() -> None:
+    # The machine got slower in the second run: paired against its own run's best fixed
+    # size, autosize is at 0.99x and 0.96x (median 0.97x); against the first run's best
+    # it would look like 0.69x.
+    cells = []
+    for repeat, (fixed_4, auto) in enumerate([(700, 690), (500, 480)]):
+        for c in (
+            cell("fixed", "size 4", fixed_4, 100, 4),
+            cell("fixed", "size 40", fixed_4 - 50, 130, 40),
+            cell("autosize", "autosize, max 40", auto, 110, 4.5),
+        ):
+            c.repeat = repeat
+            cells.append(c)
+    lines = autosize.targets(cells)
+    assert lines[0] == "best fixed size: size 4 (600 req/s, p99 100.0 ms, median of 2 runs)"
+    assert "throughput 0.97x" in lines[1] and "p99 1.10x" in lines[1]
+    assert "PASS (each run: 0.99x, 0.96x;" in lines[1]
+
+
 def test_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
     command = [
         sys.executable,
