@@ -147,6 +147,37 @@ def test_autosize_setting_is_validated() -> None:
 # ------------------------------------------------------------ fake connections
 
 
+class Load:
+    """Borrowers in a closed loop on ``pool`` while in the ``async with``; each lease
+    lasts ``self.hold(leases in flight)`` (a test may swap ``hold`` midway).
+    """
+
+    def __init__(self, pool: asyncpool.Pool, hold: Callable[[int], float], borrowers: int):
+        self.pool = pool
+        self.hold = hold
+        self.borrowers = borrowers
+        self.inflight = 0
+        self.stop = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def borrower(self) -> None:
+        while not self.stop:
+            async with self.pool.acquire():
+                self.inflight += 1
+                try:
+                    await asyncio.sleep(self.hold(self.inflight))
+                finally:
+                    self.inflight -= 1
+
+    async def __aenter__(self) -> Load:
+        self.tasks = [asyncio.create_task(self.borrower()) for _ in range(self.borrowers)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop = True
+        await asyncio.gather(*self.tasks)
+
+
 async def run_simulated(
     make_fake_pool: Callable[..., asyncpool.Pool],
     hold: Callable[[int], float],
@@ -168,30 +199,15 @@ async def run_simulated(
 
     pool.add_event_hook(hook)
     await pool.open()
-    inflight = 0
-    stop = False
-
-    async def borrower() -> None:
-        nonlocal inflight
-        while not stop:
-            async with pool.acquire():
-                inflight += 1
-                try:
-                    await asyncio.sleep(hold(inflight))
-                finally:
-                    inflight -= 1
-
-    tasks = [asyncio.create_task(borrower()) for _ in range(borrowers)]
     limits: list[int] = []
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    while loop.time() < end:
-        await asyncio.sleep(0.05)
-        if loop.time() > end - seconds / 2:
-            limits.append(pool.stats().limit)
-            assert pool.stats().size <= max_size
-    stop = True
-    await asyncio.gather(*tasks)
+    async with Load(pool, hold, borrowers):
+        while loop.time() < end:
+            await asyncio.sleep(0.05)
+            if loop.time() > end - seconds / 2:
+                limits.append(pool.stats().limit)
+                assert pool.stats().size <= max_size
     return pool, limits, moves
 
 
@@ -217,34 +233,18 @@ async def test_autosize_follows_a_change_of_workload_within_seconds(
     # First nothing saturates (the limit climbs), then the "server" turns CPU-bound
     # with two cores: the limit comes down within a few seconds, and once settled
     # holds steady (no swings of more than a few connections).
-    cpu_bound = False
-
-    def hold(n: int) -> float:
-        return 0.004 * max(1.0, n / 2) if cpu_bound else 0.004
+    def cpu_bound(n: int) -> float:
+        return 0.004 * max(1.0, n / 2)
 
     pool = make_fake_pool(min_size=1, max_size=20, autosize=True, maintenance_interval=0.1)
     await pool.open()
-    inflight = 0
-    stop = False
-
-    async def borrower() -> None:
-        nonlocal inflight
-        while not stop:
-            async with pool.acquire():
-                inflight += 1
-                try:
-                    await asyncio.sleep(hold(inflight))
-                finally:
-                    inflight -= 1
-
-    tasks = [asyncio.create_task(borrower()) for _ in range(30)]
     loop = asyncio.get_running_loop()
-    try:
+    async with Load(pool, lambda n: 0.004, 30) as load:
         deadline = loop.time() + 5.0
         while pool.stats().limit < 12 and loop.time() < deadline:
             await asyncio.sleep(0.05)
         assert pool.stats().limit >= 12
-        cpu_bound = True
+        load.hold = cpu_bound
         changed = loop.time()
         while pool.stats().limit > 8 and loop.time() < changed + 5.0:
             await asyncio.sleep(0.05)
@@ -257,9 +257,6 @@ async def test_autosize_follows_a_change_of_workload_within_seconds(
             await asyncio.sleep(0.05)
             limits.append(pool.stats().limit)
         assert max(limits) <= 10 and max(limits) - min(limits) <= 4, limits
-    finally:
-        stop = True
-        await asyncio.gather(*tasks)
 
 
 async def test_autosize_grows_while_latency_stays_flat(
