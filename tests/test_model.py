@@ -403,7 +403,7 @@ class PoolMachine(RuleBasedStateMachine):
                 assert b.deadline is None or b.deadline > loop.now, b
 
     def keeps_new_connection(self) -> bool:
-        """With nobody waiting, a completing connect goes idle unless max_size shrank
+        """A completing connect goes to the oldest waiter, or idle, unless max_size shrank
         below the connections already open or opening (then it is retired at once)."""
         stats = self.pool.stats()
         return stats.size - stats.closing <= stats.max_size
@@ -418,13 +418,15 @@ class PoolMachine(RuleBasedStateMachine):
         self.run()
         new = self.server.connections[opened] if self.server.opened > opened else None
         assert new is not None
-        if self.is_open() and not self.expired and waiting:
-            # A waiter is served even above a shrunk max_size (retired on its release).
+        if keeps and waiting:
             assert waiting[0].outcome == "holding" and waiting[0].raw is new, waiting
         elif keeps:
             assert new in [s.conn for s in self.pool._idle]
         elif self.is_open() and not self.expired:
+            # Above a shrunk max_size the new connection closes, even while borrowers
+            # wait: they are served within the limit.
             assert new.closed, f"{new!r} kept above max_size"
+            assert all(b.outcome != "holding" or b.raw is not new for b in waiting)
 
     @precondition(lambda self: len(self.live_gates()) > 1)
     @rule()
