@@ -113,7 +113,7 @@ _GAIN_NEEDED: Final = 0.5
 _LOSS_TOLERATED: Final = 0.5
 # A probe window whose mean hold time is within this factor of the baseline (and that
 # kept the throughput) confirms the baseline.
-_CONFIRMED: Final = 1.1
+_CONFIRMED: Final = 1.2
 # A window whose mean hold time is below this share of the baseline starts a probe.
 _FASTER: Final = 0.8
 # A probe that halved the concurrency and kept this share of the throughput ran at or

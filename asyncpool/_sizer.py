@@ -13,6 +13,12 @@ make a window for :class:`~asyncpool._autosize.AdaptiveLimit`:
 * the peak: the whole limit when some borrower found no idle connection, else the mean
   rounded (demand below the limit: the algorithm does not grow then).
 
+A window counts only when the pool had connections lent at both of its edges. One that
+began or ended with none lent (a burst starting or stopping within it) holds idle time
+that Little's law spreads over the busy part: its mean in-flight count comes out too
+low, and the algorithm would read a saturated pool as one with room to grow. It is
+dropped, and the next window starts at its end.
+
 Leases already under way when the limit changed count in the next window; with leases
 much shorter than a window (milliseconds against a second) they are a small share.
 
@@ -97,14 +103,16 @@ class Sizer:
         #: When the server's facts were last taken (the pool's clock), -inf: never.
         self.facts_at = -math.inf
         self._instances = instances
-        self._mark: tuple[float, int, float, int] | None = None
+        self._mark: tuple[float, int, float, int, bool] | None = None
 
     @property
     def limit(self) -> int:
         """The current limit."""
         return self.algorithm.limit
 
-    def step(self, now: float, leases: int, held: float, slow: int) -> LimitDecision:
+    def step(
+        self, now: float, leases: int, held: float, slow: int, busy: bool = True
+    ) -> LimitDecision:
         """Feed the window since the last step and decide.
 
         Args:
@@ -112,18 +120,21 @@ class Sizer:
             leases: leases completed since the counters' start (use-time count).
             held: their summed hold time in seconds (use-time sum).
             slow: acquires that found no idle connection at once (wait-time count).
+            busy: whether the pool has connections lent now; a window that began or
+                ends with none is dropped (see the module docstring).
         """
         mark = self._mark
         if mark is not None:
-            at, leases_before, held_before, slow_before = mark
+            at, leases_before, held_before, slow_before, busy_before = mark
             span = now - at
-            if leases > leases_before and span > 0:  # (pop_stats() restarts the counters)
+            # (pop_stats() restarts the counters: fewer leases than at the mark.)
+            if busy and busy_before and leases > leases_before and span > 0:
                 total = held - held_before
                 inflight = total / span
                 peak = self.algorithm.limit if slow > slow_before else round(inflight)
                 self.algorithm.on_window(leases - leases_before, total, inflight, peak)
         self.decision = self.algorithm.update(now, self.budget)
-        self._mark = (now, leases, held, slow)
+        self._mark = (now, leases, held, slow, busy)
         return self.decision
 
     def take_facts(self, now: float, facts: ServerFacts, own_open: int) -> int:

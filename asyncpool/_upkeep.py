@@ -107,8 +107,9 @@ class PoolUpkeep(PoolWorkers):
         assert sizer is not None
         counters = self._counters
         now = self._clock()
+        lent = self._table.state_counts()[IN_USE] > 0
         decision = sizer.step(
-            now, counters.use_time.count, counters.use_time.sum, counters.wait_time.count
+            now, counters.use_time.count, counters.use_time.sum, counters.wait_time.count, lent
         )
         if decision.moved:
             self._max_size = decision.limit

@@ -70,6 +70,33 @@ def test_sizer_demand_from_slow_acquires(slow_after: int, expected_reason: str) 
     assert decision.reason == expected_reason
 
 
+@pytest.mark.parametrize(
+    ("busy_before", "busy_after", "judged"),
+    [
+        (True, True, True),
+        # A burst began inside the window (nothing lent at its start) ...
+        (False, True, False),
+        # ... or ended inside it (nothing lent at its end): its idle part would dilute
+        # the in-flight count, so the window is dropped.
+        (True, False, False),
+        (False, False, False),
+    ],
+)
+def test_sizer_drops_windows_with_an_idle_edge(
+    busy_before: bool, busy_after: bool, judged: bool
+) -> None:
+    sizer = Sizer(1, 40, 1)
+    sizer.step(0.0, 0, 0.0, 0, busy_before)
+    # 4 leases in flight throughout would be 1 s x 4 = 4 s held; a burst of 0.25 s
+    # holds 1 s and reads as 1 in flight.
+    decision = sizer.step(1.0, 50, 1.0, 30, busy_after)
+    assert (decision.reason != "hold: few samples") is judged
+    assert sizer.stats().samples_total == (50 if judged else 0)
+    # The next window starts at the end of this one, and counts when that edge was busy.
+    sizer.step(2.0, 150, 3.0, 60, True)
+    assert sizer.stats().samples_total == (150 if judged else 100 if busy_after else 0)
+
+
 def test_sizer_restarted_counters_make_no_window() -> None:
     sizer = Sizer(1, 10, 1)
     sizer.step(0.0, 500, 5.0, 10)

@@ -46,8 +46,9 @@ def test_targets() -> None:
     ]
     lines = autosize.targets(cells)
     assert lines[0].startswith("best fixed size: size 2")
+    assert lines[1].startswith("offline AdaptiveLimit against size 2: throughput 0.97x")
     assert lines[1].endswith("PASS")
-    assert lines[2].endswith("FAIL")  # 0.86x the throughput
+    assert lines[3].endswith("FAIL")  # 0.86x the throughput
 
 
 def test_targets_pair_each_repetition() -> None:
@@ -66,7 +67,30 @@ def test_targets_pair_each_repetition() -> None:
     lines = autosize.targets(cells)
     assert lines[0] == "best fixed size: size 4 (600 req/s, p99 100.0 ms, median of 2 runs)"
     assert "throughput 0.97x" in lines[1] and "p99 1.10x" in lines[1]
-    assert "PASS (each run: 0.99x, 0.96x;" in lines[1]
+    assert "PASS (each repetition: 0.99x, 0.96x;" in lines[1]
+
+
+def test_targets_pair_with_the_best_configuration_not_the_best_cell() -> None:
+    # Size 4 is best by its median; in the second repetition size 40 happened to beat
+    # it. The target pairs autosize with size 4 in every repetition (1.00x, 0.95x,
+    # 1.00x); the stricter figure takes each repetition's best cell (1.00x, 0.86x,
+    # 1.00x), and says so.
+    cells = []
+    for repeat, (fixed_4, fixed_40, auto) in enumerate(
+        [(600, 500, 600), (600, 660, 570), (500, 450, 500)]
+    ):
+        for c in (
+            cell("fixed", "size 4", fixed_4, 100, 4),
+            cell("fixed", "size 40", fixed_40, 130, 40),
+            cell("autosize", "autosize, max 40", auto, 100, 4),
+        ):
+            c.repeat = repeat
+            cells.append(c)
+    lines = autosize.targets(cells)
+    assert lines[0].startswith("best fixed size: size 4 (600 req/s")
+    assert "against size 4: throughput 1.00x" in lines[1]
+    assert "(each repetition: 1.00x, 0.95x, 1.00x;" in lines[1]
+    assert lines[2].endswith("(stricter): throughput 1.00x (1.00x, 0.86x, 1.00x)")
 
 
 def test_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
