@@ -45,7 +45,8 @@ changes make it fit a connection pool:
    throughput ran below the knee; the lowest mean hold time seen is the baseline, and
    the limit returns to the lowest level that kept the throughput; a level that kept
    it with a hold time close to the old baseline confirms it and ends the probe early,
-   without a window below the knee (BBR's "ProbeRTT", made to find the knee; Gradient2
+   back at the level before that halving (kept "within 10 %" is not the same
+   throughput), without a window below the knee (BBR's "ProbeRTT", made to find the knee; Gradient2
    lets its long average drift instead). A probe
    runs when the pool starts above its floor, when a window is much faster than the
    baseline (a lighter workload), and every ``probe_interval`` seconds otherwise. A
@@ -64,8 +65,11 @@ changes make it fit a connection pool:
    sits in the middle of the band, and the limit keeps climbing by a quarter per
    window while each step gains (a hill climb on throughput).
 4. *Steps sized to connections.* ``alpha`` and ``beta`` grow with ``log10(limit)``
-   as in Netflix's VegasLimit, but start at 1 and 2 connections: at a limit of 4 on
-   a 2-core server two queued connections are already too many. Growth is +50 %
+   as in Netflix's VegasLimit (``2 log10`` and ``4 log10``), but never below 1.5 and
+   3.5 connections (Netflix's floor is 3 and 6). On a 2-core server a CPU-bound
+   workload queues about 2 leases at a limit of 4 and 3 at 5, give or take half a
+   connection between 1 s windows; a band of 1 to 2.4 let that noise shrink the limit
+   to 2 (about 8 % less throughput than 3 to 8 gave); 1.5 to 3.5 holds 4 and 5. Growth is +50 %
    while nothing queues at all (so an I/O-bound workload reaches 40 connections in
    about ten updates) and +1 near the band; shrinking goes straight to the estimated
    knee plus ``alpha``, but at most halves per update. The limit only grows when the
@@ -177,7 +181,7 @@ class _Window:
 def _band(limit: int) -> tuple[float, float]:
     """Vegas's ``(alpha, beta)``: grow below alpha queued leases, shrink above beta."""
     scale = math.log10(max(limit, 1))
-    return max(1.0, 2.0 * scale), max(2.0, 4.0 * scale)
+    return max(1.5, 2.0 * scale), max(3.5, 4.0 * scale)
 
 
 def _explore_step(limit: int) -> int:
@@ -461,12 +465,16 @@ class AdaptiveLimit:
         kept = throughput >= _PROBE_KEPT * self._probe_throughput
         baseline = self._baseline
         if kept and baseline is not None and rtt <= _CONFIRMED * baseline:
-            # Half the limit, the same throughput, no queueing: the baseline holds and
-            # this level is enough. No need to go below the knee to learn more.
+            # Half the limit, about the same throughput, no queueing: the baseline
+            # holds. No need to go below the knee to learn more; back to the level
+            # before this halving (it kept the throughput too), from where the
+            # confirmed baseline decides.
+            saved = self._probe_saved
+            assert saved is not None
             self._probe_saved = None
             self._baseline = min(baseline, rtt)
             self._baseline_at = now
-            return limit, "probe: done"
+            return saved, "probe: done"
         if kept and limit > self._min:
             self._probe_throughput = max(self._probe_throughput, throughput)
             self._probe_saved = limit
