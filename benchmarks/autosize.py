@@ -42,6 +42,7 @@ import math
 import multiprocessing
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -468,6 +469,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def median_interval(values: Sequence[float], rounds: int = 2000) -> tuple[float, float]:
+    """A 95 % bootstrap interval of the median of ``values`` (seeded: reproducible)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
+
+
 def targets(cells: list[Cell]) -> list[str]:
     """Issue 20's done-when, for whichever adaptive rows ran, as medians of paired ratios.
 
@@ -513,6 +521,13 @@ def targets(cells: list[Cell]) -> list[str]:
             if len(paired) > 1
             else ""
         )
+        if len(paired) >= 5:
+            low, high = median_interval(ratios)
+            geomean = math.exp(statistics.fmean(math.log(r) for r in ratios))
+            each += (
+                f"; geometric mean {geomean:.2f}x; 95 % bootstrap interval of the median "
+                f"{low:.2f}x..{high:.2f}x"
+            )
         out.append(
             f"{part} {config} against {best_config}: throughput {ratio:.2f}x (>= 0.95), "
             f"{conns:.1f} connections (<= 8), p99 {p99:.2f}x (<= 1.2): "

@@ -93,6 +93,15 @@ def test_targets_pair_with_the_best_configuration_not_the_best_cell() -> None:
     assert lines[2].endswith("(stricter): throughput 1.00x (1.00x, 0.86x, 1.00x)")
 
 
+def test_median_interval_brackets_the_median() -> None:
+    values = [0.9, 0.95, 0.97, 1.0, 1.02, 1.05, 1.1]
+    low, high = autosize.median_interval(values)
+    assert low <= 1.0 <= high
+    assert 0.9 <= low < high <= 1.1
+    assert autosize.median_interval(values) == (low, high)  # seeded
+    assert autosize.median_interval([1.0] * 5) == (1.0, 1.0)
+
+
 def test_tiny_run(postgres_dsn: str, tmp_path: Path) -> None:
     command = [
         sys.executable,
