@@ -14,9 +14,10 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,28 @@ async def test_pool_opened_before_fork_refuses_in_child(postgres_dsn: str):
 # ----------------------------------------------------------------------------- SIGTERM
 
 
-async def test_sigterm_drains_jobs_and_closes_connections(postgres_dsn: str):
+@pytest.fixture
+async def own_database_dsn(postgres_dsn: str) -> AsyncIterator[str]:
+    """A DSN for a database of this test's own: ``pg_stat_database.sessions_abandoned``
+    counts per database, so sessions that other tests' pools leave behind on the
+    shared database (ended by the server or a garbage collector while this test runs)
+    do not count as the workers'.
+    """
+    parts = urllib.parse.urlsplit(postgres_dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        pytest.skip("needs a URL DSN to point at a database of its own")
+    name = f"aptest_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def test_sigterm_drains_jobs_and_closes_connections(own_database_dsn: str):
+    postgres_dsn = own_database_dsn
     workers = example_workers()
     table = f"jobs_{uuid.uuid4().hex[:8]}"
     prefix = f"aptest-worker-{uuid.uuid4().hex[:8]}"
@@ -264,10 +286,11 @@ async def assert_sessions_gone(admin: asyncpg.Connection, prefix: str, abandoned
     assert await sessions_abandoned(admin) == abandoned
 
 
-async def test_abandoned_sessions_are_counted(postgres_dsn: str):
+async def test_abandoned_sessions_are_counted(own_database_dsn: str):
     """The control for assert_sessions_gone: a process that dies holding a connection
     (no Terminate message, as when a worker exits without closing its pool) counts.
     """
+    postgres_dsn = own_database_dsn
     admin = await asyncpg.connect(postgres_dsn)
     try:
         before = await sessions_abandoned(admin)
