@@ -110,9 +110,7 @@ class Sizer:
         """The current limit."""
         return self.algorithm.limit
 
-    def step(
-        self, now: float, leases: int, held: float, slow: int, busy: bool = True
-    ) -> LimitDecision:
+    def step(self, now: float, leases: int, held: float, slow: int, busy: bool) -> LimitDecision:
         """Feed the window since the last step and decide.
 
         Args:

@@ -215,18 +215,23 @@ def make_cell(
     )
 
 
+def pool_operation(pool: asyncpool.Pool, sql: str) -> Callable[[], Awaitable[None]]:
+    """One borrower's operation: acquire from ``pool``, run ``sql``, release."""
+
+    async def operation() -> None:
+        async with pool.acquire() as conn:
+            await conn.fetchval(sql)
+
+    return operation
+
+
 async def run_pool_cell(
     dsn: str, part: str, workload: str, config: str, pool_kwargs: dict[str, Any], args: Any
 ) -> Cell:
     sql = WORKLOADS[workload]
     async with asyncpool.Pool(dsn, **pool_kwargs) as pool:
-
-        async def operation() -> None:
-            async with pool.acquire() as conn:
-                await conn.fetchval(sql)
-
         latencies, errors, mean_size, completed = await closed_loop(
-            operation,
+            pool_operation(pool, sql),
             borrowers=args.borrowers,
             warmup=args.autosize_warmup if pool_kwargs.get("autosize") else args.warmup,
             duration=args.duration,
@@ -644,31 +649,21 @@ async def run_interleaved(dsn: str, args: Any, notes: list[str]) -> list[Cell]:
             await stack.enter_async_context(asyncpool.Pool(dsn, **kwargs))
             for _, _, kwargs in configs
         ]
+        for pool in pools:
+            if args.verbose and pool.stats().autosize is not None:
+                pool.add_event_hook(print_limit_event)
         for workload in args.workloads:
             sql = WORKLOADS[workload]
-
-            def operation_for(
-                pool: asyncpool.Pool, sql: str = sql
-            ) -> Callable[[], Awaitable[None]]:
-                async def operation() -> None:
-                    async with pool.acquire() as conn:
-                        await conn.fetchval(sql)
-
-                return operation
-
             for (_, _, kwargs), pool in zip(configs, pools, strict=True):
                 if kwargs.get("autosize"):
                     print(f"  autosize {workload}: warm-up {args.autosize_warmup:g} s", flush=True)
                     await closed_loop(
-                        operation_for(pool),
+                        pool_operation(pool, sql),
                         borrowers=args.borrowers,
                         warmup=0.0,
                         duration=args.autosize_warmup,
                         sample_size=lambda: 0,
                     )
-            for pool in pools:
-                if args.verbose and pool.stats().autosize is not None:
-                    pool.add_event_hook(print_limit_event)
             for round_ in range(args.repeat):
                 print(f"  {workload}: round {round_ + 1} of {args.repeat}", flush=True)
                 order = list(range(len(configs)))
@@ -684,7 +679,7 @@ async def run_interleaved(dsn: str, args: Any, notes: list[str]) -> list[Cell]:
                         return stats.size
 
                     latencies, errors, mean_size, completed = await closed_loop(
-                        operation_for(pool),
+                        pool_operation(pool, sql),
                         borrowers=args.borrowers,
                         warmup=args.warmup,
                         duration=args.duration,

@@ -39,10 +39,10 @@ def facts(max_connections: int, reserved: int, clients: int) -> ServerFacts:
 
 def test_sizer_window_by_littles_law() -> None:
     sizer = Sizer(1, 40, 1)
-    first = sizer.step(10.0, 0, 0.0, 0)
+    first = sizer.step(10.0, 0, 0.0, 0, True)
     assert first.reason == "hold: few samples"  # the first step only sets the mark
     # 1 s later: 200 leases held 4 s in all -> 20 ms each, 4 in flight on average.
-    sizer.step(11.0, 200, 4.0, 0)
+    sizer.step(11.0, 200, 4.0, 0, True)
     s = sizer.stats()
     assert s.window_rtt == pytest.approx(0.02)
     assert s.window_inflight == pytest.approx(4.0)
@@ -62,11 +62,11 @@ def test_sizer_window_by_littles_law() -> None:
 def test_sizer_demand_from_slow_acquires(slow_after: int, expected_reason: str) -> None:
     sizer = Sizer(4, 40, 1)
     assert sizer.limit == 4
-    sizer.step(0.0, 0, 0.0, 0)
+    sizer.step(0.0, 0, 0.0, 0, True)
     # A first window sets the baseline (20 ms at one in flight) ...
     sizer.algorithm._baseline = 0.02  # (as a finished probe would)
     sizer.algorithm._baseline_at = 0.0
-    decision = sizer.step(1.0, 50, 1.0, slow_after)
+    decision = sizer.step(1.0, 50, 1.0, slow_after, True)
     assert decision.reason == expected_reason
 
 
@@ -99,13 +99,13 @@ def test_sizer_drops_windows_with_an_idle_edge(
 
 def test_sizer_restarted_counters_make_no_window() -> None:
     sizer = Sizer(1, 10, 1)
-    sizer.step(0.0, 500, 5.0, 10)
+    sizer.step(0.0, 500, 5.0, 10, True)
     # pop_stats() restarted the counters: fewer leases than at the mark.
-    decision = sizer.step(1.0, 20, 0.2, 0)
+    decision = sizer.step(1.0, 20, 0.2, 0, True)
     assert decision.reason == "hold: few samples"
     assert sizer.stats().samples_total == 0
     # The next window counts from the new mark.
-    sizer.step(2.0, 120, 1.2, 0)
+    sizer.step(2.0, 120, 1.2, 0, True)
     assert sizer.stats().samples_total == 100
 
 
@@ -136,7 +136,7 @@ def test_sizer_budget_from_server_facts(
 def test_sizer_budget_caps_the_limit_over_min_size() -> None:
     sizer = Sizer(4, 40, 10)
     sizer.take_facts(0.0, facts(20, 3, 0), 0)  # 17 less a headroom of 3, a tenth each: 1
-    decision = sizer.step(0.0, 0, 0.0, 0)
+    decision = sizer.step(0.0, 0, 0.0, 0, True)
     assert (decision.limit, decision.reason) == (1, "cap: budget")
 
 
